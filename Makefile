@@ -1,0 +1,53 @@
+# lakeshop — `make` or `make help` lists the targets.
+# Local stack (infra/): PostgreSQL 127.0.0.1:5432, S3 http://127.0.0.1:9100, Kafka API
+# 127.0.0.1:9092, ClickHouse http://127.0.0.1:8123; see DESIGN.md "Local stack" and .env.example.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+.PHONY: help deps up down status build test bench demo fmt check
+
+# Build cache outside the clone, shared by every clone and by CI (never relied on).
+CARGO_TARGET_DIR ?= $(HOME)/.cache/lakeshop/target
+export CARGO_TARGET_DIR
+LAKESHOP := $(CARGO_TARGET_DIR)/debug/lakeshop
+RUN := infra/env.sh
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## .*$$' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+
+deps: ## Install missing Debian build and stack packages (no-op when all are there)
+	@infra/deps.sh all
+
+up: ## Start the local stack on 127.0.0.1 (installs what is missing; idempotent)
+	@infra/up.sh
+
+down: ## Stop what `make up` started (never the system PostgreSQL)
+	@infra/down.sh
+
+status: ## Show each local service: address, healthy/down
+	@infra/status.sh
+
+build: ## Build the lakeshop binary (dev profile)
+	@infra/deps.sh build
+	cargo build -p lakeshop-cli
+
+demo: up build ## Bring up the stack and run the pipeline on generated data
+	$(RUN) $(LAKESHOP) validate pipelines/shop.toml
+	$(RUN) $(LAKESHOP) gen --clients 10000 --products 1000 --purchases 200000 \
+		--duplicate-fraction 0.01 --unknown-fraction 0.005 --bad-fraction 0.01 --seed 7 \
+		--truth data/truth.json
+
+test: up ## Bring up the stack and run every test against it
+	@infra/deps.sh build
+	$(RUN) cargo test --workspace --no-fail-fast
+
+bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
+	@infra/deps.sh build
+	$(RUN) cargo bench -p lakeshop-gen --bench produce
+
+fmt: ## Format the code
+	cargo fmt --all
+
+check: ## Formatting and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
