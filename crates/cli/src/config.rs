@@ -1,0 +1,620 @@
+//! The pipeline file: one TOML per pipeline, `${VAR}` / `${VAR:-default}` interpolated from
+//! the environment (and `.env`), unknown keys rejected, every key defaulted.
+//!
+//! Errors name the key path (`kafka.topics.purchases.partitions: ...`) so a typo is found
+//! without reading the code.
+
+use anyhow::{bail, Context as _, Result};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+/// A whole pipeline.
+// `batch`, `stream` and `alerts` are validated now and read by the commands that use them.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Version of this file's format.
+    #[serde(default = "one")]
+    pub schema_version: u32,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub s3: S3Config,
+    #[serde(default)]
+    pub products: ProductsConfig,
+    #[serde(default)]
+    pub stage: StageConfig,
+    #[serde(default)]
+    pub clickhouse: ClickHouseConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub stream: StreamConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Name of the pipeline; consumer groups and Delta `txn` app ids derive from it.
+    pub name: String,
+    /// IANA time zone of business days. Default `UTC`.
+    pub timezone: String,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            name: "shop".into(),
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+/// PostgreSQL TLS mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+}
+
+/// `[postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Connection URL. Default `postgres://postgres@127.0.0.1:5432/lakeshop`.
+    pub url: String,
+    /// TLS: disable | prefer | require. Default `prefer`.
+    pub tls: TlsMode,
+    /// Default `clients`.
+    pub clients_table: String,
+    /// Default `sellers`.
+    pub sellers_table: String,
+    /// Column incremental extracts follow. Default `updated_at`.
+    pub watermark_column: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/lakeshop".into(),
+            tls: TlsMode::Prefer,
+            clients_table: "clients".into(),
+            sellers_table: "sellers".into(),
+            watermark_column: "updated_at".into(),
+        }
+    }
+}
+
+/// `[kafka.topics.<key>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name.
+    pub name: String,
+    /// Partitions created by `make up`. Default 1.
+    #[serde(default = "one_i32")]
+    pub partitions: i32,
+}
+
+fn one_i32() -> i32 {
+    1
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Prefix of consumer groups. Default `lakeshop`.
+    pub group_prefix: String,
+    /// librdkafka properties passed through (SASL/SSL...).
+    pub properties: BTreeMap<String, String>,
+    /// Topics by role: purchases, interactions, sales_aggregate, notifications, dead_letters.
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+/// The topic roles lakeshop knows.
+pub const TOPIC_ROLES: [&str; 5] = [
+    "purchases",
+    "interactions",
+    "sales_aggregate",
+    "notifications",
+    "dead_letters",
+];
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_prefix: "lakeshop".into(),
+            properties: BTreeMap::new(),
+            topics: TOPIC_ROLES
+                .iter()
+                .map(|r| {
+                    (
+                        r.to_string(),
+                        TopicConfig {
+                            name: r.to_string(),
+                            partitions: 1,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The topic name for a role (the role's own name when not configured).
+    pub fn topic(&self, role: &str) -> String {
+        self.topics
+            .get(role)
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| role.to_string())
+    }
+
+    /// A librdkafka client config with the brokers and pass-through properties.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+/// `[s3]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// Endpoint URL; empty for AWS. Default `http://127.0.0.1:9100`.
+    pub endpoint: String,
+    /// Default `us-east-1`.
+    pub region: String,
+    /// Allow plain HTTP endpoints. Default true.
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: "http://127.0.0.1:9100".into(),
+            region: "us-east-1".into(),
+            allow_http: true,
+        }
+    }
+}
+
+impl S3Config {
+    /// Storage options for deltalake / object_store. Credentials are left to the
+    /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).
+    pub fn storage_options(&self) -> HashMap<String, String> {
+        let mut o = HashMap::new();
+        if !self.endpoint.is_empty() {
+            o.insert("AWS_ENDPOINT_URL".into(), self.endpoint.clone());
+        }
+        o.insert("AWS_REGION".into(), self.region.clone());
+        o.insert("AWS_ALLOW_HTTP".into(), self.allow_http.to_string());
+        // Safe concurrent commits through conditional puts; never unsafe rename.
+        o.insert("aws_conditional_put".into(), "etag".into());
+        o
+    }
+}
+
+/// `[products]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProductsConfig {
+    /// URI of the source product Delta table. Default `s3://lakeshop/source/products`.
+    pub uri: String,
+}
+
+impl Default for ProductsConfig {
+    fn default() -> Self {
+        Self {
+            uri: "s3://lakeshop/source/products".into(),
+        }
+    }
+}
+
+/// `[stage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageConfig {
+    /// Root of the stage layer: a folder or `s3://bucket/prefix`. Default `./data/stage`.
+    pub uri: String,
+    /// Flush a commit at least this often. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Flush a commit at this many rows. Default 50000.
+    pub flush_max_rows: usize,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        Self {
+            uri: "./data/stage".into(),
+            flush_interval: Duration::from_secs(1),
+            flush_max_rows: 50_000,
+        }
+    }
+}
+
+/// `[clickhouse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP(S) URL. Default `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Default `lakeshop`.
+    pub database: String,
+    /// Default `default`.
+    pub user: String,
+    /// From `${CLICKHOUSE_PASSWORD}` only.
+    pub password: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "lakeshop".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+/// What happens to PII (email, address) in `stage.sales` and ClickHouse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    #[default]
+    Keep,
+    Hash,
+    Drop,
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// keep | hash | drop. Default `keep`.
+    pub pii: PiiMode,
+}
+
+/// `[stream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Lateness accepted before a window closes. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Flush upserts and commit offsets at most this often. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: Duration::from_secs(300),
+            flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `[alerts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Alert when a shop's hourly revenue is below this; 0 turns it off. Default `0`.
+    pub min_hourly_revenue: Decimal,
+    /// Spike: a minute's revenue above this many times the trailing average. Default 5.
+    pub spike_factor: f64,
+    /// A purchase above this amount is suspicious. Default `100000`.
+    pub suspicious_amount: Decimal,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            min_hourly_revenue: Decimal::ZERO,
+            spike_factor: 5.0,
+            suspicious_amount: Decimal::from(100_000),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, interpolates and checks a pipeline file. Nothing is connected to.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading pipeline file {}", path.display()))?;
+        Self::parse(&text, &|k| std::env::var(k).ok())
+            .with_context(|| format!("in pipeline file {}", path.display()))
+    }
+
+    /// Parses a pipeline from text, resolving `${VAR}` through `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut value: toml::Value = toml::from_str(text).context("not valid TOML")?;
+        interpolate(&mut value, &mut Vec::new(), env)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            anyhow::anyhow!("{path}: {}", e.into_inner())
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks types alone cannot make.
+    fn check(&self) -> Result<()> {
+        if self.schema_version != 1 {
+            bail!(
+                "schema_version: {} is not supported (this lakeshop reads 1)",
+                self.schema_version
+            );
+        }
+        if self.pipeline.name.is_empty()
+            || !self
+                .pipeline
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            bail!(
+                "pipeline.name: {:?} must be non-empty ASCII letters, digits, '-' or '_'",
+                self.pipeline.name
+            );
+        }
+        self.timezone()?;
+        url::Url::parse(&self.postgres.url)
+            .map_err(|e| anyhow::anyhow!("postgres.url: not a URL: {e}"))?;
+        for (key, col) in [
+            ("postgres.clients_table", &self.postgres.clients_table),
+            ("postgres.sellers_table", &self.postgres.sellers_table),
+            ("postgres.watermark_column", &self.postgres.watermark_column),
+        ] {
+            if col.is_empty()
+                || !col
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                bail!("{key}: {col:?} is not a plain SQL identifier");
+            }
+        }
+        if self.kafka.brokers.trim().is_empty() {
+            bail!("kafka.brokers: empty");
+        }
+        for (role, topic) in &self.kafka.topics {
+            if !TOPIC_ROLES.contains(&role.as_str()) {
+                bail!(
+                    "kafka.topics.{role}: unknown topic role (expected one of {})",
+                    TOPIC_ROLES.join(", ")
+                );
+            }
+            if topic.name.is_empty() {
+                bail!("kafka.topics.{role}.name: empty");
+            }
+            if !(1..=10_000).contains(&topic.partitions) {
+                bail!(
+                    "kafka.topics.{role}.partitions: {} is outside 1..=10000",
+                    topic.partitions
+                );
+            }
+        }
+        if !self.s3.endpoint.is_empty() {
+            url::Url::parse(&self.s3.endpoint)
+                .map_err(|e| anyhow::anyhow!("s3.endpoint: not a URL: {e}"))?;
+        }
+        if !self.products.uri.contains("://") && self.products.uri.is_empty() {
+            bail!("products.uri: empty");
+        }
+        if self.stage.uri.is_empty() {
+            bail!("stage.uri: empty");
+        }
+        if self.stage.flush_max_rows == 0 {
+            bail!("stage.flush_max_rows: must be at least 1");
+        }
+        if self.stage.flush_interval.is_zero() {
+            bail!("stage.flush_interval: must be more than 0s");
+        }
+        url::Url::parse(&self.clickhouse.url)
+            .map_err(|e| anyhow::anyhow!("clickhouse.url: not a URL: {e}"))?;
+        if !(self.alerts.spike_factor > 1.0 && self.alerts.spike_factor.is_finite()) {
+            bail!(
+                "alerts.spike_factor: {} must be a number above 1",
+                self.alerts.spike_factor
+            );
+        }
+        if self.alerts.min_hourly_revenue.is_sign_negative() {
+            bail!("alerts.min_hourly_revenue: must not be negative");
+        }
+        Ok(())
+    }
+
+    /// The business time zone.
+    pub fn timezone(&self) -> Result<chrono_tz::Tz> {
+        self.pipeline.timezone.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "pipeline.timezone: {:?} is not an IANA time zone",
+                self.pipeline.timezone
+            )
+        })
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string of the document.
+fn interpolate(
+    v: &mut toml::Value,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    match v {
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand(s, env).map_err(|e| anyhow::anyhow!("{}: {e}", path.join(".")))?;
+        }
+        toml::Value::Table(t) => {
+            for (k, child) in t.iter_mut() {
+                path.push(k.clone());
+                interpolate(child, path, env)?;
+                path.pop();
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, child) in a.iter_mut().enumerate() {
+                path.push(i.to_string());
+                interpolate(child, path, env)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad variable name {name:?}"));
+        }
+        match (
+            env(name).filter(|v| !v.is_empty() || default.is_none()),
+            default,
+        ) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn every_pipeline_file_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("pipelines/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                Config::parse(&text, &no_env)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 1);
+    }
+
+    #[test]
+    fn shop_toml_matches_the_documented_defaults() {
+        let text = include_str!("../../../pipelines/shop.toml");
+        let c = Config::parse(text, &no_env).expect("parse");
+        let d = Config::parse("", &no_env).expect("empty file is all defaults");
+        assert_eq!(c.postgres.url, d.postgres.url);
+        assert_eq!(c.kafka.brokers, d.kafka.brokers);
+        assert_eq!(c.stage.uri, d.stage.uri);
+        assert_eq!(c.stage.flush_interval, d.stage.flush_interval);
+        assert_eq!(c.products.uri, d.products.uri);
+        assert_eq!(c.kafka.topic("purchases"), "purchases");
+        assert_eq!(c.kafka.topics["purchases"].partitions, 3);
+    }
+
+    #[test]
+    fn interpolates_from_env_with_defaults() {
+        let env = |k: &str| (k == "BROKERS").then(|| "k1:9092,k2:9092".to_string());
+        let c = Config::parse(
+            "[kafka]\nbrokers = \"${BROKERS}\"\n[postgres]\nurl = \"${PG:-postgres://x@h/db}\"\n",
+            &env,
+        )
+        .expect("parse");
+        assert_eq!(c.kafka.brokers, "k1:9092,k2:9092");
+        assert_eq!(c.postgres.url, "postgres://x@h/db");
+        let err =
+            Config::parse("[clickhouse]\npassword = \"${CH_PW}\"\n", &no_env).expect_err("unset");
+        assert!(format!("{err:#}")
+            .contains("clickhouse.password: environment variable CH_PW is not set"));
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let cases = [
+            (
+                "[kafka.topics.purchases]\nname = \"p\"\npartitions = \"three\"\n",
+                "kafka.topics.purchases.partitions",
+            ),
+            ("[stage]\nflush_intervall = \"1s\"\n", "stage"),
+            (
+                "[stage]\nflush_interval = \"soon\"\n",
+                "stage.flush_interval",
+            ),
+            (
+                "[pipeline]\ntimezone = \"Mars/Olympus\"\n",
+                "pipeline.timezone",
+            ),
+            ("[batch]\npii = \"shred\"\n", "batch.pii"),
+            (
+                "[kafka.topics.orders]\nname = \"o\"\n",
+                "kafka.topics.orders",
+            ),
+            (
+                "[kafka.topics.purchases]\nname = \"p\"\npartitions = 0\n",
+                "kafka.topics.purchases.partitions",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = format!("{:#}", Config::parse(text, &no_env).expect_err(text));
+            assert!(
+                err.starts_with(key),
+                "{text:?} gave {err:?}, expected it to name {key}"
+            );
+        }
+        let err = format!(
+            "{:#}",
+            Config::parse("[stage]\nflush_intervall = \"1s\"\n", &no_env).expect_err("unknown")
+        );
+        assert!(err.contains("flush_intervall"), "{err}");
+    }
+}

@@ -1,0 +1,426 @@
+//! `lakeshop`: the one binary. Loads the pipeline file and `.env`, sets up tracing and hands
+//! each command to its library crate; wiring only.
+
+mod config;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use config::Config;
+
+/// Exit code of commands that are part of the tree but not built yet.
+const EXIT_NOT_BUILT: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lakeshop",
+    version,
+    about = "Shop analytics pipelines: PostgreSQL, Delta Lake and Kafka into a Delta stage layer and ClickHouse"
+)]
+struct Cli {
+    /// Pipeline file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LAKESHOP_CONFIG",
+        default_value = "pipelines/shop.toml"
+    )]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Generate synthetic shop data into PostgreSQL, the source Delta table and Kafka, with a ground-truth file.
+    #[command(
+        after_help = "Example: lakeshop gen --clients 10000 --products 1000 --purchases 200000 --seed 7"
+    )]
+    Gen(GenArgs),
+    /// Extract a source into the stage layer, incrementally and exactly once.
+    #[command(
+        subcommand,
+        after_help = "Example: lakeshop extract purchases --until-end"
+    )]
+    Extract(ExtractCommand),
+    /// Maintain and inspect the stage layer.
+    #[command(subcommand, after_help = "Example: lakeshop stage show")]
+    Stage(StageCommand),
+    /// Apply the ClickHouse migrations in schemas/clickhouse (re-runnable).
+    #[command(after_help = "Example: lakeshop migrate")]
+    Migrate,
+    /// The daily batch job: stage into ClickHouse, one business day at a time.
+    #[command(
+        subcommand,
+        after_help = "Example: lakeshop batch run --date 2026-11-21"
+    )]
+    Batch(BatchCommand),
+    /// Re-run the batch job over a range of days, deterministically.
+    #[command(after_help = "Example: lakeshop replay --from 2026-11-01 --to 2026-11-21")]
+    Replay(RangeArgs),
+    /// Canned reports read from ClickHouse.
+    #[command(
+        subcommand,
+        after_help = "Example: lakeshop report top --date 2026-11-21 --format json"
+    )]
+    Report(ReportCommand),
+    /// The streaming loader: Kafka purchases into windowed ClickHouse aggregates.
+    #[command(subcommand, after_help = "Example: lakeshop stream run")]
+    Stream(StreamCommand),
+    /// Check that a closed day's streaming totals equal the batch totals exactly.
+    #[command(after_help = "Example: lakeshop reconcile --date 2026-11-21")]
+    Reconcile(DateArgs),
+    /// Serve the REST ingest API, reports, OpenAPI and /metrics.
+    #[command(after_help = "Example: lakeshop serve --listen 127.0.0.1:8080")]
+    Serve(ServeArgs),
+    /// Check a pipeline file without connecting to anything.
+    #[command(after_help = "Example: lakeshop validate pipelines/shop.toml")]
+    Validate {
+        /// The pipeline file to check (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct GenArgs {
+    /// Clients written to PostgreSQL.
+    #[arg(long, default_value_t = 1000)]
+    clients: u64,
+    /// Sellers (shops) written to PostgreSQL.
+    #[arg(long, default_value_t = 50)]
+    sellers: u64,
+    /// Products written to the source Delta table.
+    #[arg(long, default_value_t = 200)]
+    products: u64,
+    /// Distinct purchases (history mode), spread over --days ending yesterday.
+    #[arg(long, default_value_t = 10_000)]
+    purchases: u64,
+    /// Interaction events (view, cart_add, click) in history mode.
+    #[arg(long, default_value_t = 0)]
+    interactions: u64,
+    /// Days of history, ending yesterday in the business time zone.
+    #[arg(long, default_value_t = 3)]
+    days: u32,
+    /// Live mode: purchases per second, stamped now (with --duration).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Live mode: how long to produce, e.g. 60s.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "rate")]
+    duration: Option<std::time::Duration>,
+    /// Fraction of purchases re-sent unchanged, as retrying producers do.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate_fraction: f64,
+    /// Fraction of valid purchases of a product or seller not in the catalogue.
+    #[arg(long, default_value_t = 0.0)]
+    unknown_fraction: f64,
+    /// Fraction of invalid records, of many kinds, each counted in the truth.
+    #[arg(long, default_value_t = 0.0)]
+    bad_fraction: f64,
+    /// Seed: the same seed gives the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the ground-truth JSON goes.
+    #[arg(long, default_value = "data/truth.json")]
+    truth: PathBuf,
+    /// Write only these parts (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<lakeshop_gen::Part>,
+    /// Leave existing rows and topics as they are instead of starting clean.
+    #[arg(long)]
+    append: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ExtractCommand {
+    /// Clients from PostgreSQL (incremental by watermark; --full finds deletions).
+    #[command(after_help = "Example: lakeshop extract clients --full")]
+    Clients(ExtractArgs),
+    /// Sellers from PostgreSQL.
+    #[command(after_help = "Example: lakeshop extract sellers")]
+    Sellers(ExtractArgs),
+    /// Products from the source Delta table: only versions newer than the last extracted.
+    #[command(after_help = "Example: lakeshop extract products")]
+    Products(ExtractArgs),
+    /// Purchases from Kafka, offsets in the same Delta commit.
+    #[command(after_help = "Example: lakeshop extract purchases --follow")]
+    Purchases(ExtractArgs),
+    /// Interactions from Kafka, offsets in the same Delta commit.
+    #[command(after_help = "Example: lakeshop extract interactions --until-end")]
+    Interactions(ExtractArgs),
+    /// Every source, once.
+    #[command(after_help = "Example: lakeshop extract all --until-end")]
+    All(ExtractArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExtractArgs {
+    /// Full extract (dimensions): also finds deletions.
+    #[arg(long)]
+    full: bool,
+    /// Kafka: keep consuming, flushing by size or time.
+    #[arg(long, conflicts_with = "until_end")]
+    follow: bool,
+    /// Kafka: drain what is there and exit.
+    #[arg(long)]
+    until_end: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum StageCommand {
+    /// Compact small files and write a checkpoint; safe beside a live extractor.
+    #[command(after_help = "Example: lakeshop stage optimize")]
+    Optimize,
+    /// Delete files no longer referenced by any retained version.
+    #[command(after_help = "Example: lakeshop stage vacuum")]
+    Vacuum,
+    /// Tables, versions, row counts and last offsets.
+    #[command(after_help = "Example: lakeshop stage show")]
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchCommand {
+    /// Build a day (default: yesterday) into stage.sales and ClickHouse, atomically.
+    #[command(after_help = "Example: lakeshop batch run --from 2026-11-01 --to 2026-11-07 --json")]
+    Run(BatchRunArgs),
+}
+
+#[derive(Debug, Args)]
+struct BatchRunArgs {
+    /// Business day, YYYY-MM-DD (default: yesterday).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    date: Option<String>,
+    /// First day of a range.
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Last day of a range (inclusive).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Print the run summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct RangeArgs {
+    /// First day (inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    from: String,
+    /// Last day (inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    to: String,
+}
+
+#[derive(Debug, Args)]
+struct DateArgs {
+    /// Business day, YYYY-MM-DD (default: yesterday).
+    #[arg(long)]
+    date: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Revenue, purchases, items and average check per day.
+    #[command(after_help = "Example: lakeshop report daily --from 2026-11-01 --to 2026-11-21")]
+    Daily(ReportArgs),
+    /// Per product.
+    #[command(after_help = "Example: lakeshop report products --date 2026-11-21 --format csv")]
+    Products(ReportArgs),
+    /// Per category.
+    #[command(after_help = "Example: lakeshop report categories --date 2026-11-21")]
+    Categories(ReportArgs),
+    /// Per shop (seller).
+    #[command(after_help = "Example: lakeshop report shops --date 2026-11-21 --format json")]
+    Shops(ReportArgs),
+    /// Average check per day and shop.
+    #[command(after_help = "Example: lakeshop report avg-check --date 2026-11-21")]
+    AvgCheck(ReportArgs),
+    /// Top-N products by revenue.
+    #[command(after_help = "Example: lakeshop report top --date 2026-11-21")]
+    Top(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    #[arg(long)]
+    date: Option<String>,
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    /// table | json | csv
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamCommand {
+    /// Consume purchases, enrich, aggregate in windows and upsert into ClickHouse.
+    #[command(after_help = "Example: lakeshop stream run")]
+    Run,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+}
+
+/// The whole command tree with each command's purpose and example, for `--help`.
+fn command_tree(cmd: &clap::Command) -> String {
+    fn walk(cmd: &clap::Command, prefix: &str, out: &mut String) {
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            let name = format!("{prefix}{}", sub.get_name());
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            out.push_str(&format!("  {name:<26} {about}\n"));
+            if let Some(example) = sub.get_after_help() {
+                out.push_str(&format!("  {:<26} {example}\n", ""));
+            }
+            walk(sub, &format!("{name} "), out);
+        }
+    }
+    let mut out = String::from("Commands (the whole tree):\n");
+    walk(cmd, "", &mut out);
+    out
+}
+
+fn main() -> ExitCode {
+    // `.env` first, so config interpolation and clap's `env` see it; real env wins.
+    let _ = dotenvy::dotenv();
+    let cmd = Cli::command();
+    let tree = command_tree(&cmd);
+    let matches = cmd
+        .after_long_help(tree.clone())
+        .after_help(tree)
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn not_built(what: &str) -> ExitCode {
+    eprintln!("lakeshop {what}: not built yet in this release");
+    ExitCode::from(EXIT_NOT_BUILT)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { file } => {
+            let path = file.unwrap_or(cli.config);
+            let config = Config::load(&path)?;
+            println!(
+                "{}: ok (pipeline {:?}, time zone {}, stage {}, {} topics)",
+                path.display(),
+                config.pipeline.name,
+                config.pipeline.timezone,
+                config.stage.uri,
+                config.kafka.topics.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gen(args) => {
+            let config = Config::load(&cli.config)?;
+            gen(&config, args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Extract(_) => Ok(not_built("extract")),
+        Command::Stage(_) => Ok(not_built("stage")),
+        Command::Migrate => Ok(not_built("migrate")),
+        Command::Batch(_) => Ok(not_built("batch run")),
+        Command::Replay(_) => Ok(not_built("replay")),
+        Command::Report(_) => Ok(not_built("report")),
+        Command::Stream(_) => Ok(not_built("stream run")),
+        Command::Reconcile(_) => Ok(not_built("reconcile")),
+        Command::Serve(_) => Ok(not_built("serve")),
+    }
+}
+
+async fn gen(config: &Config, args: GenArgs) -> Result<()> {
+    let live = match (args.rate, args.duration) {
+        (Some(rate), Some(duration)) => Some(lakeshop_gen::Live { rate, duration }),
+        (Some(_), None) => anyhow::bail!("--rate needs --duration"),
+        _ => None,
+    };
+    let opts = lakeshop_gen::GenOptions {
+        clients: args.clients,
+        sellers: args.sellers,
+        products: args.products,
+        purchases: args.purchases,
+        interactions: args.interactions,
+        days: args.days,
+        live,
+        duplicate_fraction: args.duplicate_fraction,
+        unknown_fraction: args.unknown_fraction,
+        bad_fraction: args.bad_fraction,
+        seed: args.seed,
+        timezone: config.timezone()?,
+        parts: args.only,
+        append: args.append,
+        progress: !args.quiet,
+    };
+    let targets = lakeshop_gen::Targets {
+        postgres_url: config.postgres.url.clone(),
+        clients_table: config.postgres.clients_table.clone(),
+        sellers_table: config.postgres.sellers_table.clone(),
+        kafka: config.kafka.client_config(),
+        purchases_topic: config.kafka.topic("purchases"),
+        interactions_topic: config.kafka.topic("interactions"),
+        products_uri: config.products.uri.clone(),
+        storage_options: config.s3.storage_options(),
+    };
+    let truth = lakeshop_gen::run(&opts, &targets).await.context("gen")?;
+    if let Some(dir) = args.truth.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.truth, serde_json::to_vec_pretty(&truth)?)
+        .with_context(|| format!("writing {}", args.truth.display()))?;
+    tracing::info!(truth = %args.truth.display(), "ground truth written");
+    Ok(())
+}

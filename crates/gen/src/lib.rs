@@ -1,0 +1,243 @@
+//! `lakeshop gen`: synthetic, verifiable shop data.
+//!
+//! Deterministic from a seed: clients and sellers into PostgreSQL, the product catalogue as
+//! the source Delta table, purchases and interactions into Kafka, and a ground-truth file
+//! (per day × seller, × category, × product: purchases, items, exact revenue; distinct
+//! clients per day) that every later stage is checked against. Knobs add what real feeds
+//! carry: re-sent duplicates, purchases of products or sellers not in the catalogue, and
+//! invalid records of many kinds, each counted in the truth.
+
+mod data;
+mod error;
+mod kafka;
+mod postgres;
+mod products;
+mod truth;
+
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub use data::{BadKind, World};
+pub use error::{Error, Result};
+pub use truth::{Bucket, DayTruth, Truth};
+
+/// Which outputs a run writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Clients and sellers into PostgreSQL.
+    Postgres,
+    /// The product catalogue as the source Delta table.
+    Products,
+    /// Purchases into Kafka.
+    Purchases,
+    /// Interactions into Kafka.
+    Interactions,
+}
+
+/// Live mode: events stamped now, at a rate, for a while.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    /// Purchases per second.
+    pub rate: u64,
+    /// How long to produce.
+    pub duration: Duration,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenOptions {
+    pub clients: u64,
+    pub sellers: u64,
+    pub products: u64,
+    /// Distinct valid purchases (history mode).
+    pub purchases: u64,
+    /// Interaction events (history mode).
+    pub interactions: u64,
+    /// Days of history ending yesterday in `timezone`.
+    pub days: u32,
+    /// Live mode instead of history.
+    pub live: Option<Live>,
+    pub duplicate_fraction: f64,
+    pub unknown_fraction: f64,
+    pub bad_fraction: f64,
+    pub seed: u64,
+    /// Business time zone: day boundaries of the truth.
+    pub timezone: chrono_tz::Tz,
+    /// Outputs to write; empty means all.
+    pub parts: Vec<Part>,
+    /// Keep existing rows and table versions instead of replacing them.
+    pub append: bool,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl GenOptions {
+    fn wants(&self, part: Part) -> bool {
+        self.parts.is_empty() || self.parts.contains(&part)
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, f) in [
+            ("duplicate-fraction", self.duplicate_fraction),
+            ("unknown-fraction", self.unknown_fraction),
+            ("bad-fraction", self.bad_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&f) {
+                return Err(Error::Options(format!("--{name} {f} is outside 0..=1")));
+            }
+        }
+        if self.sellers == 0 || self.products == 0 || self.clients == 0 {
+            return Err(Error::Options(
+                "--clients, --sellers and --products must be at least 1".into(),
+            ));
+        }
+        if self.days == 0 {
+            return Err(Error::Options("--days must be at least 1".into()));
+        }
+        if let Some(live) = self.live {
+            if live.rate == 0 || live.duration.is_zero() {
+                return Err(Error::Options(
+                    "--rate and --duration must be above 0".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the output goes.
+#[derive(Clone)]
+pub struct Targets {
+    /// PostgreSQL URL (the database must exist).
+    pub postgres_url: String,
+    pub clients_table: String,
+    pub sellers_table: String,
+    /// Producer config: brokers and pass-through properties.
+    pub kafka: rdkafka::ClientConfig,
+    pub purchases_topic: String,
+    pub interactions_topic: String,
+    /// URI of the source product Delta table.
+    pub products_uri: String,
+    /// deltalake / object_store options (S3 endpoint, region...).
+    pub storage_options: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Targets {
+    // The URL may carry a password: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Targets")
+            .field("purchases_topic", &self.purchases_topic)
+            .field("interactions_topic", &self.interactions_topic)
+            .field("products_uri", &self.products_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates everything `opts` asks for into `targets` and returns the ground truth.
+pub async fn run(opts: &GenOptions, targets: &Targets) -> Result<Truth> {
+    opts.check()?;
+    let started = std::time::Instant::now();
+    let now: DateTime<Utc> = Utc::now();
+    let world = World::generate(opts, now);
+    let mut truth = Truth::new(opts, now);
+    truth.counts.clients = world.clients.len() as u64;
+    truth.counts.sellers = world.sellers.len() as u64;
+    truth.counts.products = world.products.len() as u64;
+
+    if opts.wants(Part::Postgres) {
+        postgres::write(&world, targets, opts.append).await?;
+        tracing::info!(
+            clients = world.clients.len(),
+            sellers = world.sellers.len(),
+            "PostgreSQL written"
+        );
+    }
+    if opts.wants(Part::Products) {
+        let version = products::write(&world, targets, opts.append).await?;
+        truth.products_version = Some(version);
+        tracing::info!(products = world.products.len(), version, uri = %targets.products_uri, "product table written");
+    }
+    if opts.wants(Part::Purchases) || opts.wants(Part::Interactions) {
+        kafka::produce(opts, targets, &world, now, &mut truth).await?;
+    }
+    truth.seconds = started.elapsed().as_secs_f64();
+    Ok(truth)
+}
+
+/// The purchase messages (key, payload) a history run would produce, in produce order,
+/// without writing anything. Benchmarks use it to feed a bare producer the same bytes.
+pub fn purchase_messages(opts: &GenOptions, now: DateTime<Utc>) -> Result<Vec<(String, Vec<u8>)>> {
+    opts.check()?;
+    let world = World::generate(opts, now);
+    let mut truth = Truth::new(opts, now);
+    truth.index(&world);
+    kafka::history_messages(opts, &world, now, &mut truth)
+}
+
+pub use kafka::{producer_config, RUN_HEADER};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(seed: u64) -> GenOptions {
+        GenOptions {
+            clients: 200,
+            sellers: 10,
+            products: 50,
+            purchases: 2_000,
+            interactions: 0,
+            days: 3,
+            live: None,
+            duplicate_fraction: 0.05,
+            unknown_fraction: 0.02,
+            bad_fraction: 0.05,
+            seed,
+            timezone: chrono_tz::Europe::Moscow,
+            parts: vec![],
+            append: false,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_records() {
+        let now = Utc::now();
+        let a = purchase_messages(&opts(7), now).expect("gen");
+        let b = purchase_messages(&opts(7), now).expect("gen");
+        let c = purchase_messages(&opts(8), now).expect("gen");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // 2000 purchases + 5% re-sent + 5% invalid.
+        assert_eq!(a.len(), 2_000 + 100 + 100);
+    }
+
+    #[test]
+    fn truth_counts_add_up_and_days_follow_the_time_zone() {
+        let now = Utc::now();
+        let o = opts(3);
+        let world = World::generate(&o, now);
+        let mut truth = Truth::new(&o, now);
+        truth.index(&world);
+        let msgs = kafka::history_messages(&o, &world, now, &mut truth).expect("gen");
+        let c = &truth.counts;
+        assert_eq!(c.purchases, 2_000);
+        assert_eq!(c.unknown_purchases, 40);
+        assert_eq!(c.duplicates, 100);
+        assert_eq!(c.bad, 100);
+        assert_eq!(c.bad_by_reason.values().sum::<u64>(), 100);
+        assert_eq!(c.purchase_messages, msgs.len() as u64);
+        let days = data::history_days(now, o.timezone, o.days);
+        assert_eq!(truth.days.keys().copied().collect::<Vec<_>>(), days);
+        let total: u64 = truth.days.values().map(|d| d.total.purchases).sum();
+        assert_eq!(total, 2_000);
+        for d in truth.days.values() {
+            let by_seller: u64 = d.by_seller.values().map(|b| b.purchases).sum();
+            let revenue: rust_decimal::Decimal = d.by_product.values().map(|b| b.revenue).sum();
+            assert_eq!(by_seller, d.total.purchases);
+            assert_eq!(revenue, d.total.revenue);
+            assert!(d.distinct_clients <= d.total.purchases);
+        }
+    }
+}

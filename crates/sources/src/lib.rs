@@ -1,0 +1,3 @@
+//! Extractors that fill the stage layer: clients and sellers from PostgreSQL, products from
+//! the source Delta table, purchases and interactions from Kafka, each incremental and
+//! exactly once.

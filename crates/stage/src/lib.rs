@@ -1,0 +1,283 @@
+//! The stage layer: Delta tables on object storage (a local folder by default, `s3://` in
+//! production) that batch, replay and reconcile read as their single source of truth.
+//!
+//! Append-only tables (`purchases`, `interactions`, `dead_letters`) carry their Kafka
+//! offsets in the same Delta commit as the data (`txn` actions, one app id per
+//! topic-partition); dimension tables (`clients`, `sellers`, `products`) are upserted by id.
+//!
+//! Commit contract of [`Stage::append`]: durable when it returns; a writer whose view of the
+//! offsets is stale (another writer committed the same partitions) gets
+//! [`Error::OffsetsMoved`] or a commit conflict and must re-read, never a silent duplicate.
+
+mod error;
+
+use deltalake::arrow::datatypes::SchemaRef;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::DeltaTable;
+use lakeshop_model::arrow_schema;
+use std::collections::{BTreeMap, HashMap};
+
+pub use error::{Error, Result};
+
+/// The stage tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Clients,
+    Sellers,
+    Products,
+    Purchases,
+    Interactions,
+    DeadLetters,
+}
+
+impl Table {
+    /// Every table, in display order.
+    pub const ALL: [Table; 6] = [
+        Table::Clients,
+        Table::Sellers,
+        Table::Products,
+        Table::Purchases,
+        Table::Interactions,
+        Table::DeadLetters,
+    ];
+
+    /// Folder name under the stage root.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Clients => "clients",
+            Table::Sellers => "sellers",
+            Table::Products => "products",
+            Table::Purchases => "purchases",
+            Table::Interactions => "interactions",
+            Table::DeadLetters => "dead_letters",
+        }
+    }
+
+    /// Arrow schema of the table (from `lakeshop-model`).
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Clients => arrow_schema::stage_client(),
+            Table::Sellers => arrow_schema::stage_seller(),
+            Table::Products => arrow_schema::product(),
+            Table::Purchases => arrow_schema::stage_purchase(),
+            Table::Interactions => arrow_schema::stage_interaction(),
+            Table::DeadLetters => arrow_schema::stage_dead_letter(),
+        }
+    }
+
+    /// Partition columns: the business day for append-only tables.
+    pub fn partition_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Purchases | Table::Interactions | Table::DeadLetters => &["event_date"],
+            _ => &[],
+        }
+    }
+}
+
+/// Where the stage lives and how to reach it.
+#[derive(Debug, Clone)]
+pub struct StageOptions {
+    /// Root: a local folder, `file://...` or `s3://bucket/prefix`.
+    pub uri: String,
+    /// object_store / deltalake options (S3 endpoint, region, conditional put...).
+    pub storage_options: HashMap<String, String>,
+}
+
+/// The next offset to read of each Kafka partition, as committed in a stage table.
+pub type Offsets = BTreeMap<i32, i64>;
+
+/// Offsets one commit moves forward, for one topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: i32,
+    /// The last offset this writer knows to be committed (`None`: never committed).
+    pub expected: Option<i64>,
+    /// The last offset included in this commit.
+    pub last: i64,
+}
+
+/// The Delta `txn` app id of a topic-partition.
+pub fn app_id(topic: &str, partition: i32) -> String {
+    format!("kafka:{topic}:{partition}")
+}
+
+/// The stage layer.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    options: StageOptions,
+}
+
+impl Stage {
+    pub fn new(options: StageOptions) -> Self {
+        Self { options }
+    }
+
+    /// The root URI as given.
+    pub fn uri(&self) -> &str {
+        &self.options.uri
+    }
+
+    /// Location of a table.
+    pub fn table_uri(&self, table: Table) -> String {
+        format!(
+            "{}/{}",
+            self.options.uri.trim_end_matches('/'),
+            table.name()
+        )
+    }
+
+    fn url(&self, table: Table) -> Result<url::Url> {
+        let uri = self.table_uri(table);
+        if !uri.contains("://") {
+            std::fs::create_dir_all(&uri).map_err(|e| Error::Location {
+                uri: uri.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        deltalake::table::builder::ensure_table_uri(&uri).map_err(|e| Error::Location {
+            uri,
+            message: e.to_string(),
+        })
+    }
+
+    fn delta_err(
+        operation: &'static str,
+        table: Table,
+    ) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
+        move |source| Error::Delta {
+            operation,
+            table: table.name().to_string(),
+            source,
+        }
+    }
+
+    /// Opens a table at its latest version, creating it (empty, with its schema and
+    /// partitioning) when it does not exist yet.
+    pub async fn open(&self, table: Table) -> Result<DeltaTable> {
+        let url = self.url(table)?;
+        let t = DeltaTable::try_from_url_with_storage_options(
+            url.clone(),
+            self.options.storage_options.clone(),
+        )
+        .await
+        .map_err(Self::delta_err("open", table))?;
+        if t.version().is_some() {
+            return Ok(t);
+        }
+        let schema: StructType = table.schema().try_into_kernel().map_err(|e| Error::Delta {
+            operation: "schema",
+            table: table.name().to_string(),
+            source: e.into(),
+        })?;
+        let created = t
+            .create()
+            .with_table_name(table.name())
+            .with_columns(schema.fields().cloned())
+            .with_partition_columns(table.partition_columns().iter().map(|s| s.to_string()))
+            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("50"))
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) if t.version().is_some() => Ok(t),
+            // Created by someone else meanwhile, or Ignore returned an unloaded handle.
+            _ => DeltaTable::try_from_url_with_storage_options(
+                url,
+                self.options.storage_options.clone(),
+            )
+            .await
+            .map_err(Self::delta_err("open", table)),
+        }
+    }
+
+    /// The committed offsets of `topic` in a table: next offset to read per partition.
+    pub async fn offsets(
+        &self,
+        table: &DeltaTable,
+        topic: &str,
+        partitions: &[i32],
+    ) -> Result<Offsets> {
+        let mut out = Offsets::new();
+        let snapshot = match table.snapshot() {
+            Ok(s) => s,
+            Err(_) => return Ok(out),
+        };
+        for &p in partitions {
+            let v = snapshot
+                .transaction_version(table.log_store().as_ref(), app_id(topic, p))
+                .await
+                .map_err(|source| Error::Delta {
+                    operation: "read offsets",
+                    table: topic.to_string(),
+                    source,
+                })?;
+            if let Some(last) = v {
+                out.insert(p, last + 1);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends `batches` to `table` together with the offsets in one Delta commit.
+    ///
+    /// Checks first that each partition's committed offset is still the one the writer
+    /// expects; the commit itself conflicts if another writer commits the same partitions
+    /// concurrently. Returns the new table version.
+    pub async fn append(
+        &self,
+        table: Table,
+        handle: &mut DeltaTable,
+        batches: Vec<RecordBatch>,
+        offsets: &[OffsetCommit],
+    ) -> Result<u64> {
+        handle
+            .update_state()
+            .await
+            .map_err(Self::delta_err("refresh", table))?;
+        if let Ok(snapshot) = handle.snapshot() {
+            for o in offsets {
+                let id = app_id(&o.topic, o.partition);
+                let found = snapshot
+                    .transaction_version(handle.log_store().as_ref(), &id)
+                    .await
+                    .map_err(Self::delta_err("read offsets", table))?;
+                if found != o.expected {
+                    return Err(Error::OffsetsMoved {
+                        table: table.name().to_string(),
+                        app_id: id,
+                        expected: o.expected,
+                        found,
+                    });
+                }
+            }
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let txns: Vec<Transaction> = offsets
+            .iter()
+            .map(|o| Transaction {
+                app_id: app_id(&o.topic, o.partition),
+                version: o.last,
+                last_updated: Some(now),
+            })
+            .collect();
+        let new = handle
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns(table.partition_columns().iter().map(|s| s.to_string()))
+            .with_commit_properties(
+                CommitProperties::default()
+                    .with_application_transactions(txns)
+                    .with_max_retries(20),
+            )
+            .await
+            .map_err(Self::delta_err("append", table))?;
+        let version = new.version().unwrap_or_default();
+        *handle = new;
+        Ok(version)
+    }
+}
