@@ -27,9 +27,11 @@ down: ## Stop what `make up` started (never the system PostgreSQL)
 status: ## Show each local service: address, healthy/down
 	@infra/status.sh
 
-build: ## Build the lakeshop binary (dev profile)
+build: ## Build the lakeshop binary (dev profile) and the tests
 	@infra/deps.sh build
-	cargo build -p lakeshop-cli
+	@# The same build as `make test` (one feature set, so one compile of the dependencies);
+	@# it leaves the binary at $(LAKESHOP).
+	cargo test --workspace --no-run
 
 demo: up build ## Bring up the stack and run the pipeline on generated data
 	$(RUN) $(LAKESHOP) validate pipelines/shop.toml

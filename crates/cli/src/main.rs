@@ -107,9 +107,9 @@ struct GenArgs {
     /// Distinct purchases (history mode), spread over --days ending yesterday.
     #[arg(long, default_value_t = 10_000)]
     purchases: u64,
-    /// Interaction events (view, cart_add, click) in history mode.
-    #[arg(long, default_value_t = 0)]
-    interactions: u64,
+    /// Interaction events (view, cart_add, click) in history mode [default: purchases / 2].
+    #[arg(long)]
+    interactions: Option<u64>,
     /// Days of history, ending yesterday in the business time zone.
     #[arg(long, default_value_t = 3)]
     days: u32,
@@ -333,9 +333,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Log filter when `RUST_LOG` is unset or empty: lakeshop at info, libraries at warn.
+const DEFAULT_LOG: &str = "warn,lakeshop=info,lakeshop_model=info,lakeshop_stage=info,\
+lakeshop_sources=info,lakeshop_clickhouse=info,lakeshop_batch=info,lakeshop_stream=info,\
+lakeshop_api=info,lakeshop_gen=info";
+
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -393,7 +401,7 @@ async fn gen(config: &Config, args: GenArgs) -> Result<()> {
         sellers: args.sellers,
         products: args.products,
         purchases: args.purchases,
-        interactions: args.interactions,
+        interactions: args.interactions.unwrap_or(args.purchases / 2),
         days: args.days,
         live,
         duplicate_fraction: args.duplicate_fraction,
