@@ -378,7 +378,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gen(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Extract(_) => Ok(not_built("extract")),
+        Command::Extract(ExtractCommand::Purchases(args)) => {
+            let config = Config::load(&cli.config)?;
+            extract_events(
+                &config,
+                &args,
+                lakeshop_sources::kafka::EventKind::Purchases,
+            )
+            .await
+        }
+        Command::Extract(ExtractCommand::Interactions(args)) => {
+            let config = Config::load(&cli.config)?;
+            extract_events(
+                &config,
+                &args,
+                lakeshop_sources::kafka::EventKind::Interactions,
+            )
+            .await
+        }
+        Command::Extract(_) => Ok(not_built("extract clients|sellers|products|all")),
         Command::Stage(_) => Ok(not_built("stage")),
         Command::Migrate => Ok(not_built("migrate")),
         Command::Batch(_) => Ok(not_built("batch run")),
@@ -388,6 +406,56 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reconcile(_) => Ok(not_built("reconcile")),
         Command::Serve(_) => Ok(not_built("serve")),
     }
+}
+
+fn stage(config: &Config) -> lakeshop_stage::Stage {
+    lakeshop_stage::Stage::new(lakeshop_stage::StageOptions {
+        uri: config.stage.uri.clone(),
+        storage_options: config.s3.storage_options(),
+    })
+}
+
+/// How long every partition must stay at its end before `--until-end` stops.
+const UNTIL_END_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn extract_events(
+    config: &Config,
+    args: &ExtractArgs,
+    kind: lakeshop_sources::kafka::EventKind,
+) -> Result<ExitCode> {
+    use lakeshop_sources::kafka::{EventKind, KafkaSourceConfig};
+    let role = match kind {
+        EventKind::Purchases => "purchases",
+        EventKind::Interactions => "interactions",
+    };
+    let source = KafkaSourceConfig {
+        client: config.kafka.client_config(),
+        topic: config.kafka.topic(role),
+        group_id: format!(
+            "{}-{}-stage-{role}",
+            config.kafka.group_prefix, config.pipeline.name
+        ),
+        kind,
+        flush_interval: config.stage.flush_interval,
+        flush_max_rows: config.stage.flush_max_rows,
+        // Without --follow, drain what is there and stop.
+        until_end_idle: (!args.follow).then_some(UNTIL_END_IDLE),
+        timezone: config.timezone()?,
+    };
+    let stats = lakeshop_sources::kafka::extract(&stage(config), &source)
+        .await
+        .with_context(|| format!("extract {role}"))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "source": role,
+            "read": stats.read,
+            "staged": stats.staged,
+            "dead_lettered": stats.dead_lettered,
+            "commits": stats.commits,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn gen(config: &Config, args: GenArgs) -> Result<()> {

@@ -1,3 +1,8 @@
 //! Extractors that fill the stage layer: clients and sellers from PostgreSQL, products from
 //! the source Delta table, purchases and interactions from Kafka, each incremental and
 //! exactly once.
+
+pub mod error;
+pub mod kafka;
+
+pub use error::{Error, Result};

@@ -12,7 +12,7 @@ pub enum Error {
         operation: &'static str,
         table: String,
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// Building or converting Arrow data failed.
     #[error("arrow data for stage table {table}: {source}")]
@@ -38,7 +38,7 @@ impl Error {
         match self {
             Error::Delta { source, .. } => {
                 matches!(
-                    source,
+                    source.as_ref(),
                     D::VersionAlreadyExists(_)
                         | D::ObjectStore { .. }
                         | D::Io { .. }

@@ -152,7 +152,7 @@ impl Stage {
         move |source| Error::Delta {
             operation,
             table: table.name().to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -172,7 +172,7 @@ impl Stage {
         let schema: StructType = table.schema().try_into_kernel().map_err(|e| Error::Delta {
             operation: "schema",
             table: table.name().to_string(),
-            source: e.into(),
+            source: Box::new(e.into()),
         })?;
         let created = t
             .create()
@@ -213,7 +213,7 @@ impl Stage {
                 .map_err(|source| Error::Delta {
                     operation: "read offsets",
                     table: topic.to_string(),
-                    source,
+                    source: Box::new(source),
                 })?;
             if let Some(last) = v {
                 out.insert(p, last + 1);

@@ -1,0 +1,25 @@
+//! Errors of the extractors.
+
+/// What can go wrong while extracting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kafka client failed.
+    #[error("kafka topic {topic}: {source}")]
+    Kafka {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    /// The stage layer failed.
+    #[error(transparent)]
+    Stage(#[from] lakeshop_stage::Error),
+    /// Building Arrow data failed.
+    #[error("arrow: {0}")]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    /// The runtime failed (a task panicked or was cancelled).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Result of the extractors.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

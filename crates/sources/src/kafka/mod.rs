@@ -1,0 +1,423 @@
+//! Kafka → stage, exactly once: data and offsets in one Delta commit.
+//!
+//! On every assignment the extractor reads each partition's committed offset from the
+//! stage table (`txn` app id `kafka:<topic>:<partition>`) and starts there; the consumer
+//! group's own offsets are never trusted. Invalid records go to `stage.dead_letters` with
+//! their raw bytes, position and reason; those commits carry their own `txn` so a restart
+//! never writes a dead letter twice. "Caught up" is decided from fetched data (partition
+//! EOF) plus an idle timeout, never from ListOffsets.
+
+mod rows;
+
+use chrono::Utc;
+use lakeshop_stage::{OffsetCommit, Stage, Table};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message as _;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use rows::{DeadLetterRows, EventKind, EventRows, Position};
+
+use crate::{Error, Result};
+
+/// What one extractor run consumes and how it flushes.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    /// Brokers and pass-through librdkafka properties.
+    pub client: ClientConfig,
+    pub topic: String,
+    /// Consumer group; extractors in one group share the partitions.
+    pub group_id: String,
+    pub kind: EventKind,
+    /// Commit at least this often while data flows.
+    pub flush_interval: Duration,
+    /// Commit when this many rows are buffered.
+    pub flush_max_rows: usize,
+    /// `--until-end`: stop once every assigned partition reached its end and nothing
+    /// arrived for this long. `None` follows forever.
+    pub until_end_idle: Option<Duration>,
+    /// Business time zone of the `event_date` partitions.
+    pub timezone: chrono_tz::Tz,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtractStats {
+    /// Records read from Kafka (each offset once).
+    pub read: u64,
+    /// Rows written to the event table.
+    pub staged: u64,
+    /// Rows written to `dead_letters`.
+    pub dead_lettered: u64,
+    /// Delta commits of the event table.
+    pub commits: u64,
+}
+
+/// Last committed offset per partition (`None`: never committed).
+type LastOffsets = BTreeMap<i32, Option<i64>>;
+
+#[derive(Debug, Default)]
+struct Assignment {
+    /// Next offset to read per assigned partition.
+    next: BTreeMap<i32, i64>,
+    /// Last offset committed in the event table per partition (`None`: never).
+    committed: BTreeMap<i32, Option<i64>>,
+    /// Last offset committed in `dead_letters` per partition.
+    dl_committed: BTreeMap<i32, Option<i64>>,
+    /// Partitions revoked since the main loop last looked.
+    revoked: BTreeSet<i32>,
+    error: Option<String>,
+}
+
+struct Ctx {
+    stage: Stage,
+    table: Table,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    state: Mutex<Assignment>,
+}
+
+impl ClientContext for Ctx {}
+
+impl Ctx {
+    /// Reads the committed offsets of `partitions` from both tables.
+    fn load(&self, partitions: &[i32]) -> Result<(LastOffsets, LastOffsets)> {
+        self.runtime.block_on(async {
+            let events = self.stage.open(self.table).await?;
+            let dls = self.stage.open(Table::DeadLetters).await?;
+            let e = self.stage.offsets(&events, &self.topic, partitions).await?;
+            let d = self.stage.offsets(&dls, &self.topic, partitions).await?;
+            let last = |m: &lakeshop_stage::Offsets, p: &i32| m.get(p).map(|next| next - 1);
+            Ok((
+                partitions.iter().map(|p| (*p, last(&e, p))).collect(),
+                partitions.iter().map(|p| (*p, last(&d, p))).collect(),
+            ))
+        })
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let partitions: Vec<i32> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect();
+                match self.load(&partitions) {
+                    Ok((committed, dl)) => {
+                        for p in &partitions {
+                            let offset = match committed[p] {
+                                Some(last) => Offset::Offset(last + 1),
+                                None => Offset::Beginning,
+                            };
+                            let _ = tpl.set_partition_offset(&self.topic, *p, offset);
+                            if let Some(last) = committed[p] {
+                                state.next.insert(*p, last + 1);
+                            }
+                            state.revoked.remove(p);
+                        }
+                        state.committed.extend(committed);
+                        state.dl_committed.extend(dl);
+                        tracing::info!(topic = %self.topic, partitions = ?partitions, "assigned; starting at the stage's offsets");
+                        if let Err(e) = consumer.assign(tpl) {
+                            state.error = Some(format!("assign: {e}"));
+                        }
+                    }
+                    Err(e) => {
+                        state.error = Some(format!("reading offsets from the stage: {e}"));
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                for e in tpl.elements_for_topic(&self.topic) {
+                    let p = e.partition();
+                    state.next.remove(&p);
+                    state.committed.remove(&p);
+                    state.dl_committed.remove(&p);
+                    state.revoked.insert(p);
+                }
+                let _ = consumer.unassign();
+            }
+            other => state.error = Some(format!("rebalance failed: {other:?}")),
+        }
+    }
+}
+
+/// Buffered, not yet committed data.
+struct Buffer {
+    events: EventRows,
+    dead: DeadLetterRows,
+    /// Last offset buffered per partition (events or dead letters).
+    last: BTreeMap<i32, i64>,
+    /// Last offset whose dead letter is buffered, per partition.
+    dl_last: BTreeMap<i32, i64>,
+    since: Instant,
+}
+
+impl Buffer {
+    fn rows(&self) -> usize {
+        self.events.len() + self.dead.len()
+    }
+}
+
+/// Runs the extractor until the end (`until_end_idle`) or forever.
+pub async fn extract(stage: &Stage, config: &KafkaSourceConfig) -> Result<ExtractStats> {
+    let table = match config.kind {
+        EventKind::Purchases => Table::Purchases,
+        EventKind::Interactions => Table::Interactions,
+    };
+    let ctx = Ctx {
+        stage: stage.clone(),
+        table,
+        topic: config.topic.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        state: Mutex::new(Assignment::default()),
+    };
+    let mut client = config.client.clone();
+    client
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("fetch.message.max.bytes", "8388608");
+    let kafka_err = |source| Error::Kafka {
+        topic: config.topic.clone(),
+        source,
+    };
+    let consumer: BaseConsumer<Ctx> = client.create_with_context(ctx).map_err(kafka_err)?;
+    consumer.subscribe(&[&config.topic]).map_err(kafka_err)?;
+    let config = config.clone();
+    let stage = stage.clone();
+    // librdkafka's poll blocks: the loop runs on a blocking thread and reaches Delta
+    // through the runtime handle.
+    tokio::task::spawn_blocking(move || run(consumer, &stage, table, &config))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+fn run(
+    consumer: BaseConsumer<Ctx>,
+    stage: &Stage,
+    table: Table,
+    config: &KafkaSourceConfig,
+) -> Result<ExtractStats> {
+    let runtime = consumer.context().runtime.clone();
+    let mut handle = runtime.block_on(stage.open(table))?;
+    let mut dl_handle = runtime.block_on(stage.open(Table::DeadLetters))?;
+    let mut stats = ExtractStats::default();
+    let mut buf = Buffer {
+        events: EventRows::new(config.kind, config.timezone),
+        dead: DeadLetterRows::new(config.timezone),
+        last: BTreeMap::new(),
+        dl_last: BTreeMap::new(),
+        since: Instant::now(),
+    };
+    let mut eof: BTreeSet<i32> = BTreeSet::new();
+    let mut last_data = Instant::now();
+    loop {
+        let polled = consumer.poll(Duration::from_millis(100));
+        {
+            let mut state = consumer
+                .context()
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = state.error.take() {
+                return Err(Error::Internal(e));
+            }
+            if !state.revoked.is_empty() {
+                // Buffered rows of revoked partitions belong to their next owner now.
+                let revoked = std::mem::take(&mut state.revoked);
+                if revoked.iter().any(|p| buf.last.contains_key(p)) {
+                    tracing::warn!(
+                        ?revoked,
+                        "partitions revoked with unflushed rows; dropping the buffer"
+                    );
+                    buf.events.finish()?;
+                    buf.dead.finish()?;
+                    buf.last.clear();
+                    buf.dl_last.clear();
+                    // Re-read the survivors from their committed offsets.
+                    for (p, c) in state.committed.clone() {
+                        let next = c.map(|o| o + 1);
+                        match next {
+                            Some(n) => {
+                                state.next.insert(p, n);
+                                let _ = consumer.seek(
+                                    &config.topic,
+                                    p,
+                                    Offset::Offset(n),
+                                    Duration::from_secs(10),
+                                );
+                            }
+                            None => {
+                                state.next.remove(&p);
+                                let _ = consumer.seek(
+                                    &config.topic,
+                                    p,
+                                    Offset::Beginning,
+                                    Duration::from_secs(10),
+                                );
+                            }
+                        }
+                    }
+                }
+                eof.retain(|p| !revoked.contains(p));
+            }
+            match polled {
+                Some(Ok(m)) => {
+                    let p = m.partition();
+                    let offset = m.offset();
+                    let assigned = state.committed.contains_key(&p);
+                    let seen = state.next.get(&p).is_some_and(|next| offset < *next);
+                    if assigned && !seen {
+                        eof.remove(&p);
+                        state.next.insert(p, offset + 1);
+                        stats.read += 1;
+                        let now = Utc::now();
+                        let pos = Position {
+                            topic: &config.topic,
+                            partition: p,
+                            offset,
+                        };
+                        let payload = m.payload().unwrap_or_default();
+                        if let Err(why) = buf.events.push(payload, pos, now) {
+                            let dl_done = state.dl_committed.get(&p).copied().flatten();
+                            if dl_done.is_none_or(|d| offset > d) {
+                                buf.dead.push(payload, pos, &why, now);
+                                buf.dl_last.insert(p, offset);
+                            }
+                        }
+                        buf.last.insert(p, offset);
+                        last_data = Instant::now();
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    eof.insert(p);
+                }
+                Some(Err(e)) => tracing::warn!(topic = %config.topic, error = %e, "consumer error"),
+                None => {}
+            }
+        }
+        let due = buf.rows() >= config.flush_max_rows
+            || (!buf.last.is_empty() && buf.since.elapsed() >= config.flush_interval);
+        let caught_up = {
+            let state = consumer
+                .context()
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            !state.committed.is_empty()
+                && state.committed.keys().all(|p| eof.contains(p))
+                && config
+                    .until_end_idle
+                    .is_some_and(|idle| last_data.elapsed() >= idle)
+        };
+        if due || (caught_up && !buf.last.is_empty()) {
+            flush(
+                &consumer,
+                stage,
+                table,
+                &mut handle,
+                &mut dl_handle,
+                &mut buf,
+                &mut stats,
+                &config.topic,
+            )?;
+        }
+        if caught_up && buf.last.is_empty() {
+            break;
+        }
+    }
+    tracing::info!(topic = %config.topic, read = stats.read, staged = stats.staged, dead_lettered = stats.dead_lettered, commits = stats.commits, "caught up");
+    Ok(stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flush(
+    consumer: &BaseConsumer<Ctx>,
+    stage: &Stage,
+    table: Table,
+    handle: &mut deltalake::DeltaTable,
+    dl_handle: &mut deltalake::DeltaTable,
+    buf: &mut Buffer,
+    stats: &mut ExtractStats,
+    topic: &str,
+) -> Result<()> {
+    let ctx = consumer.context();
+    let (committed, dl_committed) = {
+        let s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        (s.committed.clone(), s.dl_committed.clone())
+    };
+    let started = Instant::now();
+    // Dead letters first, with their own offsets: if the event commit below never happens,
+    // the restart re-reads these records and skips the dead letters already written.
+    if !buf.dead.is_empty() {
+        let batch = buf.dead.finish()?;
+        let n = batch.num_rows() as u64;
+        let offsets: Vec<OffsetCommit> = buf
+            .dl_last
+            .iter()
+            .map(|(p, last)| OffsetCommit {
+                topic: topic.to_string(),
+                partition: *p,
+                expected: dl_committed.get(p).copied().flatten(),
+                last: *last,
+            })
+            .collect();
+        ctx.runtime
+            .block_on(stage.append(Table::DeadLetters, dl_handle, vec![batch], &offsets))?;
+        let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        for o in &offsets {
+            s.dl_committed.insert(o.partition, Some(o.last));
+        }
+        stats.dead_lettered += n;
+    }
+    let batch = buf.events.finish()?;
+    let n = batch.num_rows() as u64;
+    let offsets: Vec<OffsetCommit> = buf
+        .last
+        .iter()
+        .map(|(p, last)| OffsetCommit {
+            topic: topic.to_string(),
+            partition: *p,
+            expected: committed.get(p).copied().flatten(),
+            last: *last,
+        })
+        .collect();
+    let version = ctx
+        .runtime
+        .block_on(stage.append(table, handle, vec![batch], &offsets))?;
+    {
+        let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        for o in &offsets {
+            s.committed.insert(o.partition, Some(o.last));
+        }
+    }
+    stats.staged += n;
+    stats.commits += 1;
+    tracing::debug!(
+        table = table.name(),
+        version,
+        rows = n,
+        ms = started.elapsed().as_millis() as u64,
+        "committed"
+    );
+    buf.last.clear();
+    buf.dl_last.clear();
+    buf.since = Instant::now();
+    Ok(())
+}
