@@ -175,9 +175,13 @@ struct ExtractArgs {
     /// Kafka: keep consuming, flushing by size or time.
     #[arg(long, conflicts_with = "until_end")]
     follow: bool,
-    /// Kafka: drain what is there and exit.
+    /// Kafka: drain what is there and exit (the default without --follow).
     #[arg(long)]
     until_end: bool,
+    /// Kafka: share partitions with the other extractors of the consumer group
+    /// (default: read every partition, no group coordination).
+    #[arg(long)]
+    group: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -435,6 +439,7 @@ async fn extract_events(
             "{}-{}-stage-{role}",
             config.kafka.group_prefix, config.pipeline.name
         ),
+        group: args.group,
         kind,
         flush_interval: config.stage.flush_interval,
         flush_max_rows: config.stage.flush_max_rows,

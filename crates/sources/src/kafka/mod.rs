@@ -30,8 +30,11 @@ pub struct KafkaSourceConfig {
     /// Brokers and pass-through librdkafka properties.
     pub client: ClientConfig,
     pub topic: String,
-    /// Consumer group; extractors in one group share the partitions.
+    /// Consumer group id.
     pub group_id: String,
+    /// Share the partitions with the group's other extractors (subscribe); otherwise read
+    /// every partition (assign), which needs no group coordination after a crash.
+    pub group: bool,
     pub kind: EventKind,
     /// Commit at least this often while data flows.
     pub flush_interval: Duration,
@@ -100,6 +103,42 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Positions `tpl`'s partitions at the stage's committed offsets and assigns them.
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let partitions: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match self.load(&partitions) {
+            Ok((committed, dl)) => {
+                for p in &partitions {
+                    let offset = match committed[p] {
+                        Some(last) => Offset::Offset(last + 1),
+                        None => Offset::Beginning,
+                    };
+                    let _ = tpl.set_partition_offset(&self.topic, *p, offset);
+                    if let Some(last) = committed[p] {
+                        state.next.insert(*p, last + 1);
+                    }
+                    state.revoked.remove(p);
+                }
+                state.committed.extend(committed);
+                state.dl_committed.extend(dl);
+                tracing::info!(topic = %self.topic, partitions = ?partitions, "assigned; starting at the stage's offsets");
+                if let Err(e) = consumer.assign(tpl) {
+                    state.error = Some(format!("assign: {e}"));
+                }
+            }
+            Err(e) => {
+                state.error = Some(format!("reading offsets from the stage: {e}"));
+            }
+        }
+    }
+}
+
 impl ConsumerContext for Ctx {
     fn rebalance(
         &self,
@@ -107,39 +146,17 @@ impl ConsumerContext for Ctx {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            other => self.revoke(consumer, other, tpl),
+        }
+    }
+}
+
+impl Ctx {
+    fn revoke(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &TopicPartitionList) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let partitions: Vec<i32> = tpl
-                    .elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition())
-                    .collect();
-                match self.load(&partitions) {
-                    Ok((committed, dl)) => {
-                        for p in &partitions {
-                            let offset = match committed[p] {
-                                Some(last) => Offset::Offset(last + 1),
-                                None => Offset::Beginning,
-                            };
-                            let _ = tpl.set_partition_offset(&self.topic, *p, offset);
-                            if let Some(last) = committed[p] {
-                                state.next.insert(*p, last + 1);
-                            }
-                            state.revoked.remove(p);
-                        }
-                        state.committed.extend(committed);
-                        state.dl_committed.extend(dl);
-                        tracing::info!(topic = %self.topic, partitions = ?partitions, "assigned; starting at the stage's offsets");
-                        if let Err(e) = consumer.assign(tpl) {
-                            state.error = Some(format!("assign: {e}"));
-                        }
-                    }
-                    Err(e) => {
-                        state.error = Some(format!("reading offsets from the stage: {e}"));
-                    }
-                }
-            }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 for e in tpl.elements_for_topic(&self.topic) {
                     let p = e.partition();
@@ -198,7 +215,28 @@ pub async fn extract(stage: &Stage, config: &KafkaSourceConfig) -> Result<Extrac
         source,
     };
     let consumer: BaseConsumer<Ctx> = client.create_with_context(ctx).map_err(kafka_err)?;
-    consumer.subscribe(&[&config.topic]).map_err(kafka_err)?;
+    if config.group {
+        consumer.subscribe(&[&config.topic]).map_err(kafka_err)?;
+    } else {
+        // Every partition, positioned from the stage: no group coordination to wait for.
+        let md = consumer
+            .fetch_metadata(Some(&config.topic), Duration::from_secs(30))
+            .map_err(kafka_err)?;
+        let mut tpl = TopicPartitionList::new();
+        for t in md.topics() {
+            if let Some(e) = t.error() {
+                return Err(Error::Kafka {
+                    topic: config.topic.clone(),
+                    source: KafkaError::MetadataFetch(e.into()),
+                });
+            }
+            for p in t.partitions() {
+                tpl.add_partition(&config.topic, p.id());
+            }
+        }
+        let ctx = consumer.context();
+        tokio::task::block_in_place(|| ctx.assign(&consumer, &mut tpl));
+    }
     let config = config.clone();
     let stage = stage.clone();
     // librdkafka's poll blocks: the loop runs on a blocking thread and reaches Delta

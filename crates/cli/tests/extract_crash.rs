@@ -1,0 +1,165 @@
+//! Exactly once across crashes: the purchases extractor is SIGKILLed at random points while
+//! the generator streams purchases (1% invalid, 1% re-sent); after restarts the stage holds
+//! every produced record exactly once (by topic-partition-offset), dead letters hold every
+//! invalid one, and per-day distinct purchases and revenue equal the ground truth.
+//!
+//! Size: `LAKESHOP_CRASH_TEST_RATE` purchases/s for 10 s (default 20000, i.e. 200k).
+
+use anyhow::{Context as _, Result};
+use deltalake::arrow::array::AsArray;
+use deltalake::arrow::datatypes::{DataType, Int64Type};
+use rand::Rng as _;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<String, i64>> {
+    let uri = format!("{}/{table}", stage_uri.trim_end_matches('/'));
+    let url = deltalake::table::builder::ensure_table_uri(&uri)?;
+    let t = deltalake::DeltaTable::try_from_url_with_storage_options(
+        url,
+        lakeshop_testkit::s3_options(),
+    )
+    .await?;
+    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+    t.update_datafusion_session(&ctx.state())?;
+    ctx.register_table(table, t.table_provider().await?)?;
+    let mut out = BTreeMap::new();
+    for b in ctx.sql(sql).await?.collect().await? {
+        let k = deltalake::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let v = deltalake::arrow::compute::cast(b.column(1), &DataType::Int64)?;
+        let (k, v) = (k.as_string::<i32>(), v.as_primitive::<Int64Type>());
+        for i in 0..b.num_rows() {
+            out.insert(k.value(i).to_string(), v.value(i));
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "known open bug: after SIGKILL restarts no position is staged twice, but about 1.4% \
+            of records are missing; run with --ignored while fixing it"]
+async fn sigkilled_extractor_stages_every_record_exactly_once() -> Result<()> {
+    let rate: u64 = std::env::var("LAKESHOP_CRASH_TEST_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let db = lakeshop_testkit::fresh_database("crash_test").await?;
+    let topic = lakeshop_testkit::unique("purchases");
+    lakeshop_testkit::create_topic(&topic, 3).await?;
+    let dir = tempfile::tempdir()?;
+    let stage_uri = dir.path().join("stage").to_string_lossy().to_string();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\n[kafka]\nbrokers = \"{}\"\n[kafka.topics.purchases]\nname = \"{topic}\"\npartitions = 3\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\nflush_interval = \"300ms\"\n",
+            lakeshop_testkit::unique("p"),
+            lakeshop_testkit::kafka_brokers(),
+            lakeshop_testkit::s3_endpoint(),
+            lakeshop_testkit::unique("src"),
+        ),
+    )?;
+    let bin = env!("CARGO_BIN_EXE_lakeshop");
+    let truth_path = dir.path().join("truth.json");
+    let mut gen = Command::new(bin)
+        .arg("--config")
+        .arg(&pipeline)
+        .args([
+            "gen",
+            "--clients",
+            "5000",
+            "--products",
+            "500",
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            "10s",
+        ])
+        .args([
+            "--duplicate-fraction",
+            "0.01",
+            "--bad-fraction",
+            "0.01",
+            "--unknown-fraction",
+            "0.005",
+            "--seed",
+            "5",
+            "--quiet",
+        ])
+        .arg("--truth")
+        .arg(&truth_path)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let extractor = || {
+        Command::new(bin)
+            .arg("--config")
+            .arg(&pipeline)
+            .args(["extract", "purchases", "--follow"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    // Kill the follower at random points while the generator streams, then restart it.
+    let mut kills = 0;
+    let started = Instant::now();
+    let mut rng = rand::rng();
+    while kills < 5 || gen.try_wait()?.is_none() {
+        let mut child = extractor()?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(700..2500)));
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        kills += 1;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "generator did not finish"
+        );
+    }
+    assert!(gen.wait()?.success(), "gen failed");
+    assert!(kills >= 5);
+    // Drain what is left.
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&pipeline)
+        .args(["extract", "purchases", "--until-end"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path)?)?;
+    let c = &truth["counts"];
+    let n = |k: &str| c[k].as_i64().unwrap_or(-1);
+    let conflicts = c["bad_by_reason"]["conflicting_duplicate"]
+        .as_i64()
+        .unwrap_or(0);
+    let pos = counts(&stage_uri, "purchases", "SELECT 'rows', count(*) FROM purchases UNION ALL SELECT 'positions', count(DISTINCT (source_partition, source_offset)) FROM purchases UNION ALL SELECT 'ids', count(DISTINCT purchase_id) FROM purchases").await?;
+    assert_eq!(pos["rows"], pos["positions"], "no position staged twice");
+    assert_eq!(
+        pos["rows"],
+        n("purchases") + n("duplicates") + conflicts,
+        "every valid record staged"
+    );
+    assert_eq!(pos["ids"], n("purchases"));
+    let dl = counts(&stage_uri, "dead_letters", "SELECT 'rows', count(*) FROM dead_letters UNION ALL SELECT 'positions', count(DISTINCT (source_partition, source_offset)) FROM dead_letters").await?;
+    assert_eq!(dl["rows"], dl["positions"], "no dead letter twice");
+    assert_eq!(
+        dl["rows"],
+        n("bad") - conflicts,
+        "every invalid record dead-lettered"
+    );
+    let days = counts(&stage_uri, "purchases", "SELECT CAST(event_date AS VARCHAR), CAST(sum(CAST(quantity AS DECIMAL(20,0)) * price) * 100 AS BIGINT) FROM (SELECT *, row_number() OVER (PARTITION BY purchase_id ORDER BY source_offset) AS rn FROM purchases) WHERE rn = 1 GROUP BY event_date").await?;
+    let truth_days = truth["days"].as_object().context("days")?;
+    assert_eq!(days.len(), truth_days.len());
+    for (day, cents) in &days {
+        let revenue: rust_decimal::Decimal = truth_days[day]["total"]["revenue"]
+            .as_str()
+            .context("revenue")?
+            .parse()?;
+        assert_eq!(rust_decimal::Decimal::new(*cents, 2), revenue, "{day}");
+    }
+    Ok(())
+}
