@@ -38,8 +38,6 @@ async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<Stri
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known open bug: after SIGKILL restarts no position is staged twice, but about 1.4% \
-            of records are missing; run with --ignored while fixing it"]
 async fn sigkilled_extractor_stages_every_record_exactly_once() -> Result<()> {
     let rate: u64 = std::env::var("LAKESHOP_CRASH_TEST_RATE")
         .ok()

@@ -60,6 +60,9 @@ pub struct ExtractStats {
     pub commits: u64,
 }
 
+/// How far before its committed offset a partition is re-read on assignment (then skipped).
+const RESUME_REWIND: i64 = 10_000;
+
 /// Last committed offset per partition (`None`: never committed).
 type LastOffsets = BTreeMap<i32, Option<i64>>;
 
@@ -115,8 +118,12 @@ impl Ctx {
         match self.load(&partitions) {
             Ok((committed, dl)) => {
                 for p in &partitions {
+                    // Start a little before the committed offset and skip what is already
+                    // staged (`next`): a broker may answer a fetch from the middle of a
+                    // record batch with the batch after it (the local tansu does), which
+                    // would silently skip the rest of that batch.
                     let offset = match committed[p] {
-                        Some(last) => Offset::Offset(last + 1),
+                        Some(last) => Offset::Offset((last + 1 - RESUME_REWIND).max(0)),
                         None => Offset::Beginning,
                     };
                     let _ = tpl.set_partition_offset(&self.topic, *p, offset);
@@ -297,7 +304,7 @@ fn run(
                                 let _ = consumer.seek(
                                     &config.topic,
                                     p,
-                                    Offset::Offset(n),
+                                    Offset::Offset((n - RESUME_REWIND).max(0)),
                                     Duration::from_secs(10),
                                 );
                             }
