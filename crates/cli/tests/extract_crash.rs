@@ -38,7 +38,21 @@ async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<Stri
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkilled_extractor_stages_every_record_exactly_once() -> Result<()> {
+async fn sigkilled_extractor_stages_every_record_exactly_once_local() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    crash_and_check(dir.path().join("stage").to_string_lossy().to_string()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkilled_extractor_stages_every_record_exactly_once_s3() -> Result<()> {
+    crash_and_check(format!(
+        "s3://lakeshop/{}/stage",
+        lakeshop_testkit::unique("crash")
+    ))
+    .await
+}
+
+async fn crash_and_check(stage_uri: String) -> Result<()> {
     let rate: u64 = std::env::var("LAKESHOP_CRASH_TEST_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -47,7 +61,6 @@ async fn sigkilled_extractor_stages_every_record_exactly_once() -> Result<()> {
     let topic = lakeshop_testkit::unique("purchases");
     lakeshop_testkit::create_topic(&topic, 3).await?;
     let dir = tempfile::tempdir()?;
-    let stage_uri = dir.path().join("stage").to_string_lossy().to_string();
     let pipeline = dir.path().join("p.toml");
     std::fs::write(
         &pipeline,
