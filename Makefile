@@ -38,6 +38,8 @@ demo: up build ## Bring up the stack and run the pipeline on generated data
 	$(RUN) $(LAKESHOP) gen --clients 10000 --products 1000 --purchases 200000 \
 		--duplicate-fraction 0.01 --unknown-fraction 0.005 --bad-fraction 0.01 --seed 7 \
 		--truth data/truth.json
+	$(RUN) $(LAKESHOP) extract purchases --until-end
+	$(RUN) $(LAKESHOP) extract interactions --until-end
 
 test: up ## Bring up the stack and run every test against it
 	@infra/deps.sh build

@@ -337,10 +337,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log filter when `RUST_LOG` is unset or empty: lakeshop at info, libraries at warn.
+/// Log filter when `RUST_LOG` is unset or empty: lakeshop at info, libraries at warn. The
+/// Delta kernel logs a missing table (a normal first run) as an error; its failures reach
+/// lakeshop as results anyway.
 const DEFAULT_LOG: &str = "warn,lakeshop=info,lakeshop_model=info,lakeshop_stage=info,\
 lakeshop_sources=info,lakeshop_clickhouse=info,lakeshop_batch=info,lakeshop_stream=info,\
-lakeshop_api=info,lakeshop_gen=info";
+lakeshop_api=info,lakeshop_gen=info,buoyant_kernel=off,deltalake_core::writer::stats=error";
 
 fn init_tracing(format: LogFormat) {
     let filter = std::env::var("RUST_LOG")

@@ -87,7 +87,20 @@ struct Ctx {
     state: Mutex<Assignment>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching the end of a partition is how "caught up" is decided, not an error.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::debug!(topic = %self.topic, reason, "end of partition");
+        } else {
+            tracing::error!(topic = %self.topic, error = %error, reason, "kafka client error");
+        }
+    }
+}
 
 impl Ctx {
     /// Reads the committed offsets of `partitions` from both tables.
