@@ -5,37 +5,14 @@
 //!
 //! Size: `LAKESHOP_CRASH_TEST_RATE` purchases/s for 10 s (default 20000, i.e. 200k).
 
+mod common;
+
 use anyhow::{Context as _, Result};
-use deltalake::arrow::array::AsArray;
-use deltalake::arrow::datatypes::{DataType, Int64Type};
+use common::counts;
 use rand::Rng as _;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<String, i64>> {
-    let uri = format!("{}/{table}", stage_uri.trim_end_matches('/'));
-    let url = deltalake::table::builder::ensure_table_uri(&uri)?;
-    let t = deltalake::DeltaTable::try_from_url_with_storage_options(
-        url,
-        lakeshop_testkit::s3_options(),
-    )
-    .await?;
-    let ctx = deltalake::datafusion::prelude::SessionContext::new();
-    t.update_datafusion_session(&ctx.state())?;
-    ctx.register_table(table, t.table_provider().await?)?;
-    let mut out = BTreeMap::new();
-    for b in ctx.sql(sql).await?.collect().await? {
-        let k = deltalake::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        let v = deltalake::arrow::compute::cast(b.column(1), &DataType::Int64)?;
-        let (k, v) = (k.as_string::<i32>(), v.as_primitive::<Int64Type>());
-        for i in 0..b.num_rows() {
-            out.insert(k.value(i).to_string(), v.value(i));
-        }
-    }
-    Ok(out)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkilled_extractor_stages_every_record_exactly_once_local() -> Result<()> {

@@ -3,9 +3,10 @@
 //! table or in `dead_letters` with its reason, totals per day equal the generator's ground
 //! truth, and a second run finds nothing new (offsets live in the Delta commits).
 
+mod common;
+
 use anyhow::{Context as _, Result};
-use deltalake::arrow::array::AsArray;
-use deltalake::arrow::datatypes::{DataType, Int64Type};
+use common::counts;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,38 +30,6 @@ fn lakeshop(config: &Path, args: &[&str]) -> Result<Value> {
         .map(serde_json::from_str)
         .transpose()?
         .unwrap_or(Value::Null))
-}
-
-async fn query(
-    stage_uri: &str,
-    table: &str,
-    sql: &str,
-) -> Result<Vec<deltalake::arrow::record_batch::RecordBatch>> {
-    let uri = format!("{}/{table}", stage_uri.trim_end_matches('/'));
-    let url = deltalake::table::builder::ensure_table_uri(&uri)?;
-    let t = deltalake::DeltaTable::try_from_url_with_storage_options(
-        url,
-        lakeshop_testkit::s3_options(),
-    )
-    .await?;
-    let ctx = deltalake::datafusion::prelude::SessionContext::new();
-    t.update_datafusion_session(&ctx.state())?;
-    ctx.register_table(table, t.table_provider().await?)?;
-    Ok(ctx.sql(sql).await?.collect().await?)
-}
-
-/// (key, count) rows of a two-column query.
-async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<String, i64>> {
-    let mut out = BTreeMap::new();
-    for b in query(stage_uri, table, sql).await? {
-        let k = deltalake::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
-        let v = deltalake::arrow::compute::cast(b.column(1), &DataType::Int64)?;
-        let (k, v) = (k.as_string::<i32>(), v.as_primitive::<Int64Type>());
-        for i in 0..b.num_rows() {
-            out.insert(k.value(i).to_string(), v.value(i));
-        }
-    }
-    Ok(out)
 }
 
 async fn extract_matches_truth(stage_uri: String) -> Result<()> {
