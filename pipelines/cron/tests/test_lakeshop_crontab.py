@@ -92,7 +92,7 @@ class Crontab(unittest.TestCase):
         self.assertEqual(len(locks), 6, "one lock per job")
 
     def test_time_zone_and_environment(self):
-        self.assertEqual(self.env["CRON_TZ"], self.env["LAKESHOP_TZ"])
+        self.assertEqual(self.env["CRON_TZ"], self.env["LAKESHOP_TIMEZONE"])
         self.assertEqual(self.env["SHELL"], "/bin/bash")
         for name in ("LAKESHOP_HOME", "LAKESHOP_BIN", "LAKESHOP_CONFIG", "LAKESHOP_LOG_DIR",
                      "LAKESHOP_LOCK_DIR"):
@@ -177,7 +177,7 @@ class JobsRun(unittest.TestCase):
         noon_yesterday = dt.datetime.now(ZoneInfo(zone)) - dt.timedelta(days=1)
         day = noon_yesterday.date().isoformat()
         self.summary.write_text(json.dumps(summary(day)) if callable(summary) else summary)
-        out = self.run_job("batch run", LAKESHOP_TZ=zone, **env)
+        out = self.run_job("batch run", LAKESHOP_TIMEZONE=zone, **env)
         return day, out
 
     @staticmethod
