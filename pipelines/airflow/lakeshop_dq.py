@@ -11,7 +11,7 @@ The summary shape this module reads; keep it in sync with the batch job's run su
       "days": [
         {"date": "2026-11-21",          # business day, YYYY-MM-DD
          "rows_in": 1234,               # purchase rows read from stage.purchases for the day
-         "rows_out": 1220,              # rows written (stage.sales, ClickHouse): one per purchase_id
+         "rows_out": 1220,              # rows written to stage.sales and ClickHouse, one per id
          "duplicates": 14,              # re-sent purchases dropped (the same purchase_id again)
          "unknown_clients": 0,          # rows_out rows whose client is not in stage.clients
          "unknown_products": 6,         # ... whose product is not in stage.products

@@ -1,7 +1,7 @@
 """The data-quality rules of lakeshop_dq.py: good summaries pass, each kind of bad one fails.
 
-Standard library only: `python3 -m unittest discover -s pipelines/airflow/tests -t pipelines/airflow`
-runs these without Airflow (the DAG checks then skip).
+Standard library only, so plain python3 runs these without Airflow (the DAG checks then skip):
+    python3 -m unittest discover -s pipelines/airflow/tests -t pipelines/airflow
 """
 
 import copy
@@ -99,7 +99,8 @@ class BadSummaries(unittest.TestCase):
         self.assertFails(s, "rows_in is 5 but nothing was written", min_rows=0)
 
     def test_wrong_day(self):
-        problems = self.assertFails(summary(day("2026-11-20")), "days missing from the summary: 2026-11-21")
+        problems = self.assertFails(summary(day("2026-11-20")),
+                                    "days missing from the summary: 2026-11-21")
         self.assertIn("days not asked for: 2026-11-20", problems)
 
     def test_no_days(self):
@@ -112,7 +113,8 @@ class BadSummaries(unittest.TestCase):
         for key, value in [("rows_in", "10100"), ("rows_out", -1), ("duplicates", None),
                            ("unknown_sellers", 1.5), ("unknown_clients", True)]:
             with self.subTest(key=key, value=value):
-                self.assertFails(summary(day(**{key: value})), f"2026-11-21.{key}: not an integer >= 0")
+                self.assertFails(summary(day(**{key: value})),
+                                 f"2026-11-21.{key}: not an integer >= 0")
         self.assertFails(summary(day(seconds="fast")), "2026-11-21.seconds: not a number >= 0")
         self.assertFails(summary(day(seconds=float("nan"))), "seconds: not a number >= 0")
 
