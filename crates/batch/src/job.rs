@@ -1,0 +1,633 @@
+//! One business day through the batch job, and ranges of days.
+
+use chrono::{DateTime, NaiveDate, Offset as _, TimeZone as _, Timelike as _, Utc};
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{
+    DataType, Decimal128Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+};
+use deltalake::datafusion::datasource::MemTable;
+use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::datafusion::scalar::ScalarValue;
+use lakeshop_clickhouse::{ClickHouse, TableRows};
+use lakeshop_model::arrow_schema;
+use lakeshop_stage::{Stage, Table};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::sql::{self, PiiMode};
+use crate::{Error, Result};
+
+/// Longest range one run accepts (ten years), against typos like `--from 2016`.
+pub const MAX_DAYS: i64 = 3660;
+
+/// The ClickHouse tables a day is written to.
+pub const CLICKHOUSE_TABLES: [&str; 7] = [
+    "sales",
+    "daily_total",
+    "daily_seller",
+    "daily_category",
+    "daily_product",
+    "hourly_sales",
+    "daily_top_products",
+];
+
+/// How a run builds its days.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Business time zone: sets day boundaries (already in `event_date`) and hours.
+    pub timezone: chrono_tz::Tz,
+    pub pii: PiiMode,
+}
+
+/// What one day's run did. `rows_in = rows_out + duplicates`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DaySummary {
+    pub date: NaiveDate,
+    /// Rows of the day in `stage.purchases`: every arrival, re-sends included.
+    pub rows_in: u64,
+    /// Rows written to `stage.sales` and ClickHouse `sales`: each purchase once.
+    pub rows_out: u64,
+    /// Rows of the day not counted: later arrivals of a purchase id (re-sends), including
+    /// the first arrival on this day of an id that arrived earlier on another day.
+    pub duplicates: u64,
+    /// Of `duplicates`, later arrivals whose content differs from the first arrival
+    /// (ignored: the first arrival counts).
+    pub conflicting_duplicates: u64,
+    /// Of `duplicates`, purchase ids whose first arrival is on another day (counted there).
+    pub counted_on_other_day: u64,
+    /// Purchases whose client is not in `stage.clients`.
+    pub unknown_clients: u64,
+    /// Purchases whose product is not in `stage.products`.
+    pub unknown_products: u64,
+    /// Purchases without a seller or with one not in `stage.sellers`.
+    pub unknown_sellers: u64,
+    /// Revenue of the day, exact.
+    pub revenue: String,
+    /// Rows now in each ClickHouse table's day.
+    pub clickhouse_rows: BTreeMap<String, u64>,
+    /// `stage.sales` version written.
+    pub stage_version: u64,
+    /// Reading, joining and aggregating the stage (DataFusion).
+    pub query_seconds: f64,
+    /// Writing `stage.sales`.
+    pub stage_seconds: f64,
+    /// Loading and swapping the ClickHouse day.
+    pub clickhouse_seconds: f64,
+    pub seconds: f64,
+}
+
+/// The days of `from..=to`, checked.
+pub fn days(from: NaiveDate, to: NaiveDate) -> Result<Vec<NaiveDate>> {
+    if from > to {
+        return Err(Error::Range(format!("--from {from} is after --to {to}")));
+    }
+    let n = (to - from).num_days() + 1;
+    if n > MAX_DAYS {
+        return Err(Error::Range(format!(
+            "{from}..{to} is {n} days; one run takes at most {MAX_DAYS}"
+        )));
+    }
+    Ok(from.iter_days().take(n as usize).collect())
+}
+
+/// Yesterday in the business time zone: the default day of a run.
+pub fn yesterday(tz: chrono_tz::Tz, now: DateTime<Utc>) -> NaiveDate {
+    let today = now.with_timezone(&tz).date_naive();
+    today.pred_opt().unwrap_or(today)
+}
+
+/// The batch job over one stage and one ClickHouse database.
+///
+/// The dimension tables are read at the versions found when the job is created, so every
+/// day of a range joins the same dimensions.
+pub struct BatchJob {
+    stage: Stage,
+    clickhouse: ClickHouse,
+    options: BatchOptions,
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for BatchJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchJob")
+            .field("stage", &self.stage)
+            .field("clickhouse", &self.clickhouse)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BatchJob {
+    /// Checks that ClickHouse has the batch tables and registers the stage tables.
+    pub async fn new(stage: Stage, clickhouse: ClickHouse, options: BatchOptions) -> Result<Self> {
+        clickhouse.require_tables(&CLICKHOUSE_TABLES).await?;
+        let ctx =
+            SessionContext::new_with_config(SessionConfig::new().with_information_schema(false));
+        stage
+            .register(
+                &ctx,
+                &[
+                    Table::Purchases,
+                    Table::Clients,
+                    Table::Sellers,
+                    Table::Products,
+                ],
+            )
+            .await?;
+        Ok(Self {
+            stage,
+            clickhouse,
+            options,
+            ctx,
+        })
+    }
+
+    /// Runs `days` in order, stopping at the first failure. Returns the summaries of the
+    /// days done and the failure, if any.
+    pub async fn run_days(
+        &self,
+        days: &[NaiveDate],
+    ) -> (Vec<DaySummary>, Option<(NaiveDate, Error)>) {
+        let mut done = Vec::with_capacity(days.len());
+        for &day in days {
+            match self.run_day(day).await {
+                Ok(s) => done.push(s),
+                Err(e) => return (done, Some((day, e))),
+            }
+        }
+        (done, None)
+    }
+
+    /// Builds one day into `stage.sales` and replaces it in ClickHouse.
+    pub async fn run_day(&self, day: NaiveDate) -> Result<DaySummary> {
+        let started = Instant::now();
+        let built = self.build(day).await?;
+        let query_seconds = started.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut sales = built.sales.clone();
+        if sales.is_empty() {
+            sales.push(RecordBatch::new_empty(arrow_schema::stage_sale()));
+        }
+        // The predicate names the day from a typed date: digits and dashes only.
+        let predicate = format!("event_date = '{}'", day.format("%Y-%m-%d"));
+        let stage_version = self
+            .stage
+            .replace_where(Table::Sales, sales, &predicate)
+            .await?;
+        let stage_seconds = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let loaded = self.clickhouse.replace_day(day, &built.tables).await?;
+        let clickhouse_seconds = t.elapsed().as_secs_f64();
+
+        let s = DaySummary {
+            date: day,
+            stage_version,
+            clickhouse_rows: loaded.into_iter().collect(),
+            query_seconds,
+            stage_seconds,
+            clickhouse_seconds,
+            seconds: started.elapsed().as_secs_f64(),
+            ..built.summary
+        };
+        tracing::info!(
+            day = %day,
+            rows_in = s.rows_in,
+            rows_out = s.rows_out,
+            duplicates = s.duplicates,
+            unknown_clients = s.unknown_clients,
+            unknown_products = s.unknown_products,
+            unknown_sellers = s.unknown_sellers,
+            seconds = s.seconds,
+            "batch day done"
+        );
+        Ok(s)
+    }
+
+    async fn sql(
+        &self,
+        day: NaiveDate,
+        step: &'static str,
+        query: &str,
+    ) -> Result<Vec<RecordBatch>> {
+        run_sql(&self.ctx, day, step, query, Some(day)).await
+    }
+
+    /// The day's sales rows and ClickHouse rows, without writing anything.
+    pub async fn build(&self, day: NaiveDate) -> Result<Built> {
+        // The day's arrivals, numbered per purchase id; kept in memory for the next steps.
+        let arrivals = self.sql(day, "read purchases", sql::DAY_ARRIVALS).await?;
+        let rows_in = count_rows(&arrivals);
+        let firsts = count_where_first(&arrivals);
+        register(&self.ctx, "day_arrivals", arrivals, day)?;
+
+        let conflicts = self
+            .sql(day, "find conflicting duplicates", sql::CONFLICTS)
+            .await?;
+        let conflicting = first_int(&conflicts).unwrap_or(0);
+        let claimed = self
+            .sql(
+                day,
+                "find purchases counted on other days",
+                sql::CLAIMED_ELSEWHERE,
+            )
+            .await?;
+        let counted_on_other_day = count_rows(&claimed);
+        register(&self.ctx, "claimed", claimed, day)?;
+
+        let raw = self
+            .sql(day, "join sales", &sql::sales(self.options.pii))
+            .await?;
+        let _ = self.ctx.deregister_table("day_arrivals");
+        let _ = self.ctx.deregister_table("claimed");
+        let sales = conform(&raw, &arrow_schema::stage_sale()).map_err(|source| Error::Arrow {
+            day,
+            step: "shape sales rows",
+            source,
+        })?;
+        let rows_out = count_rows(&sales);
+        if rows_out != firsts - counted_on_other_day {
+            return Err(Error::DimensionFanOut {
+                day,
+                purchases: firsts - counted_on_other_day,
+                rows: rows_out,
+            });
+        }
+
+        // Aggregates over the day's sales rows, with the business hour beside them.
+        let agg = SessionContext::new();
+        let with_hour = add_hour(&sales, self.options.timezone).map_err(|source| Error::Arrow {
+            day,
+            step: "hour of sales",
+            source,
+        })?;
+        register(&agg, "sales", with_hour, day)?;
+        let q = |step, query: String| {
+            let agg = &agg;
+            async move { run_sql(agg, day, step, &query, None).await }
+        };
+        let daily_total = q("daily total", sql::daily_total()).await?;
+        let daily_seller = q(
+            "daily by seller",
+            sql::daily_by(sql::SELLER_KEY, "seller_id"),
+        )
+        .await?;
+        let daily_category = q(
+            "daily by category",
+            sql::daily_by(sql::CATEGORY_KEY, "category"),
+        )
+        .await?;
+        let daily_product = q(
+            "daily by product",
+            sql::daily_by(sql::PRODUCT_KEY, "product_id"),
+        )
+        .await?;
+        let hourly = q("hourly", sql::hourly()).await?;
+        let top = q("top products", sql::top_products()).await?;
+
+        let total = Totals::read(&daily_total);
+        let summary = DaySummary {
+            date: day,
+            rows_in,
+            rows_out,
+            duplicates: rows_in - rows_out,
+            conflicting_duplicates: conflicting,
+            counted_on_other_day,
+            unknown_clients: total.unknown_clients,
+            unknown_products: total.unknown_products,
+            unknown_sellers: total.unknown_sellers,
+            revenue: total.revenue,
+            ..Default::default()
+        };
+        let tables = CLICKHOUSE_TABLES
+            .iter()
+            .zip([
+                sales.clone(),
+                daily_total,
+                daily_seller,
+                daily_category,
+                daily_product,
+                hourly,
+                top,
+            ])
+            .map(|(table, batches)| TableRows {
+                table: table.to_string(),
+                batches,
+            })
+            .collect();
+        Ok(Built {
+            sales,
+            tables,
+            summary,
+        })
+    }
+}
+
+/// A day built in memory: `stage.sales` rows, the ClickHouse rows per table, the counts.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub sales: Vec<RecordBatch>,
+    pub tables: Vec<TableRows>,
+    pub summary: DaySummary,
+}
+
+async fn run_sql(
+    ctx: &SessionContext,
+    day: NaiveDate,
+    step: &'static str,
+    query: &str,
+    param: Option<NaiveDate>,
+) -> Result<Vec<RecordBatch>> {
+    let err = |source| Error::Query {
+        day,
+        step,
+        source: Box::new(source),
+    };
+    let mut df = ctx.sql(query).await.map_err(err)?;
+    if let Some(d) = param {
+        df = df
+            .with_param_values(vec![ScalarValue::Date32(Some(date32(d)))])
+            .map_err(err)?;
+    }
+    let batches = df.collect().await.map_err(err)?;
+    Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// Registers batches as an in-memory table (replacing one of the same name).
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    batches: Vec<RecordBatch>,
+    day: NaiveDate,
+) -> Result<()> {
+    let _ = ctx.deregister_table(name);
+    let err = |source| Error::Query {
+        day,
+        step: "register day table",
+        source: Box::new(source),
+    };
+    // An empty result still has a schema; MemTable needs it from somewhere.
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => return register_empty(ctx, name, day),
+    };
+    let table = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+    ctx.register_table(name, Arc::new(table)).map_err(err)?;
+    Ok(())
+}
+
+/// The empty stand-ins of the day tables when a day has no rows.
+fn register_empty(ctx: &SessionContext, name: &str, day: NaiveDate) -> Result<()> {
+    let schema: SchemaRef = match name {
+        "sales" => {
+            let mut fields: Vec<Field> = arrow_schema::stage_sale()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(hour_field());
+            Arc::new(Schema::new(fields))
+        }
+        "claimed" => Arc::new(Schema::new(vec![Field::new(
+            "purchase_id",
+            DataType::Utf8,
+            false,
+        )])),
+        _ => {
+            let mut fields: Vec<Field> = arrow_schema::stage_purchase()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new("arrival", DataType::UInt64, false));
+            Arc::new(Schema::new(fields))
+        }
+    };
+    let table = MemTable::try_new(schema, vec![vec![]]).map_err(|source| Error::Query {
+        day,
+        step: "register day table",
+        source: Box::new(source),
+    })?;
+    ctx.register_table(name, Arc::new(table))
+        .map_err(|source| Error::Query {
+            day,
+            step: "register day table",
+            source: Box::new(source),
+        })?;
+    Ok(())
+}
+
+/// Days since 1970-01-01, the Arrow `Date32` value.
+pub(crate) fn date32(d: NaiveDate) -> i32 {
+    (d - NaiveDate::default()).num_days() as i32
+}
+
+fn count_rows(batches: &[RecordBatch]) -> u64 {
+    batches.iter().map(|b| b.num_rows() as u64).sum()
+}
+
+/// Rows whose `arrival` is 1: the distinct purchase ids of the day.
+fn count_where_first(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| {
+            let col = b.column_by_name("arrival")?;
+            let col = deltalake::arrow::compute::cast(col, &DataType::Int64).ok()?;
+            let a = col.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+            Some(a.iter().filter(|v| *v == Some(1)).count() as u64)
+        })
+        .sum()
+}
+
+fn first_int(batches: &[RecordBatch]) -> Option<u64> {
+    let b = batches.first()?;
+    let col = deltalake::arrow::compute::cast(b.column(0), &DataType::Int64).ok()?;
+    let a: &Int64Array = col.as_primitive();
+    a.iter()
+        .next()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+}
+
+/// Casts each batch to `schema` (by column name): the engine may hand back string views or
+/// wider types; the stage table wants exactly its own.
+pub(crate) fn conform(
+    batches: &[RecordBatch],
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
+    use deltalake::arrow::error::ArrowError;
+    batches
+        .iter()
+        .map(|b| {
+            let columns: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    let c = b.column_by_name(f.name()).ok_or_else(|| {
+                        ArrowError::SchemaError(format!("query result lacks column {}", f.name()))
+                    })?;
+                    if c.data_type() == f.data_type() {
+                        Ok(c.clone())
+                    } else {
+                        deltalake::arrow::compute::cast(c, f.data_type())
+                    }
+                })
+                .collect::<Result<_, ArrowError>>()?;
+            RecordBatch::try_new(schema.clone(), columns)
+        })
+        .collect()
+}
+
+fn hour_field() -> Field {
+    Field::new(
+        "hour",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
+}
+
+/// The start of the business-time-zone hour of each sale's timestamp, as a UTC instant: the
+/// timestamp minus its local minutes and seconds (never ambiguous, even across DST).
+pub(crate) fn hour_start(ts_micros: i64, tz: chrono_tz::Tz) -> i64 {
+    let Some(utc) = DateTime::<Utc>::from_timestamp_micros(ts_micros) else {
+        return ts_micros;
+    };
+    let offset = tz.offset_from_utc_datetime(&utc.naive_utc()).fix();
+    let local = utc.naive_utc() + offset;
+    let into_hour = i64::from(local.minute()) * 60_000_000
+        + i64::from(local.second()) * 1_000_000
+        + i64::from(local.nanosecond() / 1_000);
+    ts_micros - into_hour
+}
+
+/// The sales rows with an `hour` column added.
+fn add_hour(
+    batches: &[RecordBatch],
+    tz: chrono_tz::Tz,
+) -> Result<Vec<RecordBatch>, deltalake::arrow::error::ArrowError> {
+    batches
+        .iter()
+        .map(|b| {
+            let ts = b
+                .column_by_name("timestamp")
+                .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+                .cloned()
+                .ok_or_else(|| {
+                    deltalake::arrow::error::ArrowError::SchemaError(
+                        "sales rows lack a microsecond timestamp".into(),
+                    )
+                })?;
+            let hours: TimestampMicrosecondArray = ts.unary(|v| hour_start(v, tz));
+            let mut fields: Vec<Field> = b
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(hour_field());
+            let mut columns = b.columns().to_vec();
+            columns.push(Arc::new(hours.with_timezone("UTC")));
+            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        })
+        .collect()
+}
+
+/// The day's totals read back from the `daily_total` rows.
+#[derive(Debug, Default)]
+struct Totals {
+    revenue: String,
+    unknown_clients: u64,
+    unknown_products: u64,
+    unknown_sellers: u64,
+}
+
+impl Totals {
+    fn read(batches: &[RecordBatch]) -> Self {
+        let mut t = Totals {
+            revenue: "0.00".into(),
+            ..Default::default()
+        };
+        let Some(b) = batches.iter().find(|b| b.num_rows() > 0) else {
+            return t;
+        };
+        if let Some(c) = b.column_by_name("revenue") {
+            if c.data_type().is_numeric() && !c.is_null(0) {
+                if let Some(d) = c.as_primitive_opt::<Decimal128Type>() {
+                    t.revenue = d.value_as_string(0);
+                }
+            }
+        }
+        let int = |name: &str| -> u64 {
+            b.column_by_name(name)
+                .and_then(|c| deltalake::arrow::compute::cast(c, &DataType::Int64).ok())
+                .and_then(|c| {
+                    c.as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+                        .iter()
+                        .next()
+                        .flatten()
+                })
+                .and_then(|v| u64::try_from(v).ok())
+                .unwrap_or(0)
+        };
+        t.unknown_clients = int("unknown_clients");
+        t.unknown_products = int("unknown_products");
+        t.unknown_sellers = int("unknown_sellers");
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date")
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        assert_eq!(days(d("2026-02-27"), d("2026-03-01")).expect("ok").len(), 3);
+        assert!(days(d("2026-03-02"), d("2026-03-01")).is_err());
+        assert!(days(d("2000-01-01"), d("2026-03-01")).is_err());
+    }
+
+    #[test]
+    fn yesterday_is_in_the_business_time_zone() {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T23:30:00Z")
+            .expect("ts")
+            .with_timezone(&Utc);
+        assert_eq!(yesterday(chrono_tz::UTC, now), d("2026-11-21"));
+        assert_eq!(yesterday(chrono_tz::Asia::Tokyo, now), d("2026-11-22"));
+    }
+
+    #[test]
+    fn hours_start_on_the_local_hour() {
+        let micros = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .expect("ts")
+                .timestamp_micros()
+        };
+        assert_eq!(
+            hour_start(micros("2026-11-21T10:47:12.5Z"), chrono_tz::UTC),
+            micros("2026-11-21T10:00:00Z")
+        );
+        // India is UTC+5:30: its hours start at half past in UTC.
+        assert_eq!(
+            hour_start(micros("2026-11-21T10:47:12Z"), chrono_tz::Asia::Kolkata),
+            micros("2026-11-21T10:30:00Z")
+        );
+        assert_eq!(
+            hour_start(micros("2026-11-21T10:17:12Z"), chrono_tz::Asia::Kolkata),
+            micros("2026-11-21T09:30:00Z")
+        );
+        // The repeated hour of a DST change stays two distinct hours.
+        let a = hour_start(micros("2026-10-25T00:30:00Z"), chrono_tz::Europe::Berlin);
+        let b = hour_start(micros("2026-10-25T01:30:00Z"), chrono_tz::Europe::Berlin);
+        assert_eq!(b - a, 3_600_000_000);
+    }
+}

@@ -1,0 +1,182 @@
+//! The batch job's SQL over the stage tables (DataFusion dialect).
+//!
+//! The day is always the parameter `$1` (a `Date32` bound from a typed date), never text
+//! spliced into the query. The only other text spliced in is lakeshop's own: the PII
+//! expressions below and the aggregate key expressions.
+
+/// Every arrival of the day's purchases, numbered per `purchase_id` in arrival order.
+///
+/// Arrival order is the order the stage received them: `ingested_at`, then the Kafka
+/// position (`source_topic`, `source_partition`, `source_offset`) — all stored with the row,
+/// so the order never changes between runs. Re-sends of a purchase are keyed by its id and
+/// land on the same partition after it, so this is the Kafka order for them.
+pub(crate) const DAY_ARRIVALS: &str = r#"
+SELECT purchase_id, client_id, product_id, seller_id, quantity, price, "timestamp", event_date,
+       ingested_at, source_topic, source_partition, source_offset,
+       row_number() OVER (
+           PARTITION BY purchase_id
+           ORDER BY ingested_at, source_topic, source_partition, source_offset
+       ) AS arrival
+FROM purchases
+WHERE event_date = $1
+"#;
+
+/// Later arrivals whose content differs from the first one (they are not counted: the
+/// first arrival is).
+pub(crate) const CONFLICTS: &str = r#"
+SELECT count(*) AS conflicting
+FROM day_arrivals a
+JOIN day_arrivals f ON a.purchase_id = f.purchase_id AND f.arrival = 1
+WHERE a.arrival > 1
+  AND NOT (a.client_id = f.client_id
+       AND a.product_id = f.product_id
+       AND (a.seller_id IS NOT DISTINCT FROM f.seller_id)
+       AND a.quantity = f.quantity
+       AND a.price = f.price
+       AND a."timestamp" = f."timestamp")
+"#;
+
+/// Purchase ids of the day whose first arrival is on another day (a copy with another
+/// timestamp arrived earlier): they count on that day, not this one. Looks at every day of
+/// `stage.purchases`, so the answer does not depend on which days a run covers.
+pub(crate) const CLAIMED_ELSEWHERE: &str = r#"
+SELECT DISTINCT f.purchase_id
+FROM day_arrivals f
+JOIN purchases o ON o.purchase_id = f.purchase_id
+WHERE f.arrival = 1
+  AND o.event_date <> $1
+  AND (o.ingested_at < f.ingested_at
+       OR (o.ingested_at = f.ingested_at
+           AND (o.source_topic < f.source_topic
+                OR (o.source_topic = f.source_topic
+                    AND (o.source_partition < f.source_partition
+                         OR (o.source_partition = f.source_partition
+                             AND o.source_offset < f.source_offset))))))
+"#;
+
+/// What happens to e-mail and address in `stage.sales` and ClickHouse.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PiiMode {
+    /// As in the source.
+    #[default]
+    Keep,
+    /// Hex SHA-256 of the value (NULL stays NULL). Unsalted: it hides the text from readers
+    /// and keeps equal values equal, but a known e-mail can be hashed and looked up.
+    Hash,
+    /// NULL.
+    Drop,
+}
+
+impl PiiMode {
+    fn expr(self, column: &str) -> String {
+        match self {
+            PiiMode::Keep => format!("c.{column}"),
+            PiiMode::Hash => format!("encode(sha256(c.{column}), 'hex')"),
+            PiiMode::Drop => "CAST(NULL AS VARCHAR)".to_string(),
+        }
+    }
+}
+
+/// The day's `stage.sales` rows: the first arrival of each purchase counted on this day,
+/// joined to the dimensions as they are now. A missing dimension leaves its columns NULL and
+/// sets its `unknown_*` flag; a purchase without a seller gets seller `unknown`. Soft-deleted
+/// dimension rows still join (`deleted_at` is not looked at): the purchase happened.
+pub(crate) fn sales(pii: PiiMode) -> String {
+    format!(
+        r#"
+SELECT p.purchase_id,
+       p.client_id,
+       p.product_id,
+       COALESCE(p.seller_id, 'unknown') AS seller_id,
+       p.quantity,
+       p.price,
+       CAST(CAST(p.quantity AS DECIMAL(38, 0)) * p.price AS DECIMAL(38, 2)) AS amount,
+       p."timestamp",
+       p.event_date,
+       c.first_name,
+       c.last_name,
+       {email} AS email,
+       {address} AS address,
+       pr.name AS product_name,
+       pr.category AS category,
+       pr.price AS list_price,
+       s.name AS seller_name,
+       s.region AS seller_region,
+       c.client_id IS NULL AS unknown_client,
+       pr.product_id IS NULL AS unknown_product,
+       s.seller_id IS NULL AS unknown_seller
+FROM day_arrivals p
+LEFT JOIN clients c ON c.client_id = p.client_id
+LEFT JOIN products pr ON pr.product_id = p.product_id
+LEFT JOIN sellers s ON s.seller_id = p.seller_id
+WHERE p.arrival = 1
+  AND NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
+ORDER BY p.purchase_id
+"#,
+        email = pii.expr("email"),
+        address = pii.expr("address"),
+    )
+}
+
+/// The measures every aggregate row carries, over `sales` rows.
+const MEASURES: &str = "CAST(sum(amount) AS DECIMAL(38, 2)) AS revenue, \
+    count(*) AS purchases, \
+    sum(CAST(quantity AS BIGINT)) AS items, \
+    count(DISTINCT client_id) AS distinct_clients";
+
+/// The whole day, with counts of unknown dimensions.
+pub(crate) fn daily_total() -> String {
+    format!(
+        "SELECT event_date, {MEASURES}, \
+         sum(CASE WHEN unknown_client THEN 1 ELSE 0 END) AS unknown_clients, \
+         sum(CASE WHEN unknown_product THEN 1 ELSE 0 END) AS unknown_products, \
+         sum(CASE WHEN unknown_seller THEN 1 ELSE 0 END) AS unknown_sellers \
+         FROM sales GROUP BY event_date"
+    )
+}
+
+/// Per day and `key` (an expression over `sales`), the key column named `name`.
+pub(crate) fn daily_by(key: &str, name: &str) -> String {
+    format!(
+        "SELECT event_date, group_key AS {name}, {MEASURES} \
+         FROM (SELECT *, {key} AS group_key FROM sales) \
+         GROUP BY event_date, group_key \
+         ORDER BY group_key"
+    )
+}
+
+/// Seller key: `unknown` when the purchase had none or the seller is not in the stage.
+pub(crate) const SELLER_KEY: &str = "CASE WHEN unknown_seller THEN 'unknown' ELSE seller_id END";
+/// Category key: `unknown` when the product is not in the stage.
+pub(crate) const CATEGORY_KEY: &str =
+    "CASE WHEN unknown_product THEN 'unknown' ELSE COALESCE(category, 'unknown') END";
+/// Product key: `unknown` when the product is not in the stage.
+pub(crate) const PRODUCT_KEY: &str = "CASE WHEN unknown_product THEN 'unknown' ELSE product_id END";
+
+/// Per day and hour (`hour`: the start of the business-time-zone hour, added beside the
+/// sales rows before aggregating).
+pub(crate) fn hourly() -> String {
+    format!(
+        "SELECT event_date, hour, {MEASURES} FROM sales GROUP BY event_date, hour ORDER BY hour"
+    )
+}
+
+/// How many products `daily_top_products` keeps per day.
+pub(crate) const TOP_PRODUCTS: usize = 100;
+
+/// The day's best-selling known products by revenue; ties go to the smaller product id.
+pub(crate) fn top_products() -> String {
+    format!(
+        "SELECT event_date, \
+                CAST(row_number() OVER (ORDER BY revenue DESC, product_id) AS BIGINT) AS rank, \
+                product_id, product_name, category, revenue, purchases, items, distinct_clients \
+         FROM (SELECT event_date, product_id, max(product_name) AS product_name, \
+                      max(category) AS category, {MEASURES} \
+               FROM sales WHERE NOT unknown_product \
+               GROUP BY event_date, product_id \
+               ORDER BY revenue DESC, product_id \
+               LIMIT {TOP_PRODUCTS}) \
+         ORDER BY rank"
+    )
+}
