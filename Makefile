@@ -46,8 +46,8 @@ test: up ## Bring up the stack and run every test against it
 	$(RUN) cargo test --workspace --no-fail-fast
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
-	@infra/deps.sh build
-	$(RUN) cargo bench -p lakeshop-gen --bench produce
+	@infra/deps.sh bench
+	$(RUN) cargo bench --workspace --bench produce --bench extract
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lakeshop workspace needs to build and the local stack needs to
 # run, but only those that are missing (checked with dpkg -s; nothing is downloaded when all are
-# there). Usage: infra/deps.sh [build|stack|all]   (default: all)
+# there). Usage: infra/deps.sh [build|stack|bench|all]   (default: all)
 #   build  compilers' friends for the Rust workspace's -sys crates
 #   stack  what infra/up.sh runs: ClickHouse 18.16 from Debian, PostgreSQL client, venv, curl
+#   bench  build packages plus GNU time (CPU seconds and peak RSS in `make bench`)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,6 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BUILD_PKGS=(build-essential cmake pkg-config libssl-dev libsasl2-dev libcurl4-openssl-dev zlib1g-dev
   protobuf-compiler)
 STACK_PKGS=(ca-certificates curl procps python3-venv clickhouse-server clickhouse-client)
+# Benchmarks: GNU time for CPU seconds and peak RSS of each process measured.
+BENCH_PKGS=(time)
 # Any PostgreSQL client version will do (the machine's cluster brings its own).
 command -v pg_isready >/dev/null && command -v psql >/dev/null || STACK_PKGS+=(postgresql-client)
 
@@ -18,8 +21,9 @@ what="${1:-all}"
 case "$what" in
   build) wanted=("${BUILD_PKGS[@]}") ;;
   stack) wanted=("${STACK_PKGS[@]}") ;;
-  all) wanted=("${BUILD_PKGS[@]}" "${STACK_PKGS[@]}") ;;
-  *) die "usage: $0 [build|stack|all]" ;;
+  bench) wanted=("${BUILD_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+  all) wanted=("${BUILD_PKGS[@]}" "${STACK_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+  *) die "usage: $0 [build|stack|bench|all]" ;;
 esac
 
 missing=()
@@ -52,9 +56,9 @@ for pkg in "${missing[@]}"; do
   fi
 done
 if ((need_update)) || [[ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mtime -1 2>/dev/null | head -n1)" ]]; then
-  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq
 fi
-"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+"${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 log "installed: ${missing[*]}"
 
 # infra/up.sh runs its own ClickHouse (state dir, loopback). Where systemd started the packaged

@@ -1,7 +1,10 @@
 //! `lakeshop`: the one binary. Loads the pipeline file and `.env`, sets up tracing and hands
 //! each command to its library crate; wiring only.
 
+mod analytics;
 mod config;
+mod extract;
+mod stage_cmd;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -182,19 +185,64 @@ struct ExtractArgs {
     /// (default: read every partition, no group coordination).
     #[arg(long)]
     group: bool,
+    /// Kafka with --follow: serve /metrics and /healthz on this address.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: std::net::SocketAddr,
+    /// Kafka with --follow: do not serve /metrics and /healthz.
+    #[arg(long)]
+    no_metrics: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Kafka with --until-end: how long every partition must stay at its end before the
+    /// extract stops.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    idle: std::time::Duration,
+    /// PostgreSQL: read and decode into Arrow, stage nothing (a speed and connectivity check).
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum StageCommand {
     /// Compact small files and write a checkpoint; safe beside a live extractor.
-    #[command(after_help = "Example: lakeshop stage optimize")]
-    Optimize,
+    #[command(after_help = "Example: lakeshop stage optimize --table purchases")]
+    Optimize(StageTablesArgs),
     /// Delete files no longer referenced by any retained version.
-    #[command(after_help = "Example: lakeshop stage vacuum")]
-    Vacuum,
+    #[command(after_help = "Example: lakeshop stage vacuum --retain 7d --dry-run")]
+    Vacuum(VacuumArgs),
     /// Tables, versions, row counts and last offsets.
-    #[command(after_help = "Example: lakeshop stage show")]
-    Show,
+    #[command(after_help = "Example: lakeshop stage show --json")]
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+struct StageTablesArgs {
+    /// Only these tables (default: all).
+    #[arg(long, value_delimiter = ',')]
+    table: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct VacuumArgs {
+    #[command(flatten)]
+    tables: StageTablesArgs,
+    /// Keep files every version of this age still needs (readers and time travel).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
+    retain: std::time::Duration,
+    /// List what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct ShowArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -342,7 +390,8 @@ fn main() -> ExitCode {
 /// lakeshop as results anyway.
 const DEFAULT_LOG: &str = "warn,lakeshop=info,lakeshop_model=info,lakeshop_stage=info,\
 lakeshop_sources=info,lakeshop_clickhouse=info,lakeshop_batch=info,lakeshop_stream=info,\
-lakeshop_api=info,lakeshop_gen=info,buoyant_kernel=off,deltalake_core::writer::stats=error";
+lakeshop_api=info,lakeshop_gen=info,buoyant_kernel=off,deltalake_core::writer::stats=error,\
+deltalake_core::operations::merge=error";
 
 fn init_tracing(format: LogFormat) {
     let filter = std::env::var("RUST_LOG")
@@ -384,30 +433,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             gen(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Extract(ExtractCommand::Purchases(args)) => {
-            let config = Config::load(&cli.config)?;
-            extract_events(
-                &config,
-                &args,
-                lakeshop_sources::kafka::EventKind::Purchases,
-            )
-            .await
+        Command::Extract(cmd) => extract::run(&Config::load(&cli.config)?, cmd).await,
+        Command::Stage(cmd) => stage_cmd::run(&Config::load(&cli.config)?, cmd).await,
+        Command::Migrate => analytics::migrate(&Config::load(&cli.config)?).await,
+        Command::Batch(BatchCommand::Run(args)) => {
+            analytics::batch_run(&Config::load(&cli.config)?, args).await
         }
-        Command::Extract(ExtractCommand::Interactions(args)) => {
-            let config = Config::load(&cli.config)?;
-            extract_events(
-                &config,
-                &args,
-                lakeshop_sources::kafka::EventKind::Interactions,
-            )
-            .await
-        }
-        Command::Extract(_) => Ok(not_built("extract clients|sellers|products|all")),
-        Command::Stage(_) => Ok(not_built("stage")),
-        Command::Migrate => Ok(not_built("migrate")),
-        Command::Batch(_) => Ok(not_built("batch run")),
-        Command::Replay(_) => Ok(not_built("replay")),
-        Command::Report(_) => Ok(not_built("report")),
+        Command::Replay(args) => analytics::replay(&Config::load(&cli.config)?, args).await,
+        Command::Report(cmd) => analytics::report(&Config::load(&cli.config)?, cmd).await,
         Command::Stream(_) => Ok(not_built("stream run")),
         Command::Reconcile(_) => Ok(not_built("reconcile")),
         Command::Serve(_) => Ok(not_built("serve")),
@@ -419,50 +452,6 @@ fn stage(config: &Config) -> lakeshop_stage::Stage {
         uri: config.stage.uri.clone(),
         storage_options: config.s3.storage_options(),
     })
-}
-
-/// How long every partition must stay at its end before `--until-end` stops.
-const UNTIL_END_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-async fn extract_events(
-    config: &Config,
-    args: &ExtractArgs,
-    kind: lakeshop_sources::kafka::EventKind,
-) -> Result<ExitCode> {
-    use lakeshop_sources::kafka::{EventKind, KafkaSourceConfig};
-    let role = match kind {
-        EventKind::Purchases => "purchases",
-        EventKind::Interactions => "interactions",
-    };
-    let source = KafkaSourceConfig {
-        client: config.kafka.client_config(),
-        topic: config.kafka.topic(role),
-        group_id: format!(
-            "{}-{}-stage-{role}",
-            config.kafka.group_prefix, config.pipeline.name
-        ),
-        group: args.group,
-        kind,
-        flush_interval: config.stage.flush_interval,
-        flush_max_rows: config.stage.flush_max_rows,
-        // Without --follow, drain what is there and stop.
-        until_end_idle: (!args.follow).then_some(UNTIL_END_IDLE),
-        timezone: config.timezone()?,
-    };
-    let stats = lakeshop_sources::kafka::extract(&stage(config), &source)
-        .await
-        .with_context(|| format!("extract {role}"))?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "source": role,
-            "read": stats.read,
-            "staged": stats.staged,
-            "dead_lettered": stats.dead_lettered,
-            "commits": stats.commits,
-        })
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn gen(config: &Config, args: GenArgs) -> Result<()> {

@@ -3,6 +3,10 @@
 //! every produced record exactly once (by topic-partition-offset), dead letters hold every
 //! invalid one, and per-day distinct purchases and revenue equal the ground truth.
 //!
+//! Three ways, each into a local folder stage and an `s3://` stage: one extractor killed
+//! and restarted; the same while `stage optimize` compacts the tables in a loop; two
+//! extractors sharing one consumer group, one of them killed and restarted.
+//!
 //! Size: `LAKESHOP_CRASH_TEST_RATE` purchases/s for 10 s (default 20000, i.e. 200k).
 
 mod common;
@@ -14,22 +18,74 @@ use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What runs beside the killed extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Alone,
+    /// `stage optimize` in a loop.
+    Optimizing,
+    /// A second extractor in the same consumer group (both `--group`).
+    Group,
+}
+
+fn local() -> Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir()?;
+    let uri = dir.path().join("stage").to_string_lossy().to_string();
+    Ok((dir, uri))
+}
+
+fn s3() -> String {
+    format!("s3://lakeshop/{}/stage", lakeshop_testkit::unique("crash"))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkilled_extractor_stages_every_record_exactly_once_local() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    crash_and_check(dir.path().join("stage").to_string_lossy().to_string()).await
+    let (_dir, uri) = local()?;
+    crash_and_check(uri, Mode::Alone).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkilled_extractor_stages_every_record_exactly_once_s3() -> Result<()> {
-    crash_and_check(format!(
-        "s3://lakeshop/{}/stage",
-        lakeshop_testkit::unique("crash")
-    ))
-    .await
+    crash_and_check(s3(), Mode::Alone).await
 }
 
-async fn crash_and_check(stage_uri: String) -> Result<()> {
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkilled_extractor_beside_optimize_local() -> Result<()> {
+    let (_dir, uri) = local()?;
+    crash_and_check(uri, Mode::Optimizing).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkilled_extractor_beside_optimize_s3() -> Result<()> {
+    crash_and_check(s3(), Mode::Optimizing).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_extractors_in_one_group_one_killed_local() -> Result<()> {
+    let (_dir, uri) = local()?;
+    crash_and_check(uri, Mode::Group).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_extractors_in_one_group_one_killed_s3() -> Result<()> {
+    crash_and_check(s3(), Mode::Group).await
+}
+
+/// Sends SIGTERM and waits: the extractor commits what it buffered and exits 0.
+fn terminate(child: &mut std::process::Child) -> Result<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no exit 60 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
     let rate: u64 = std::env::var("LAKESHOP_CRASH_TEST_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -42,7 +98,7 @@ async fn crash_and_check(stage_uri: String) -> Result<()> {
     std::fs::write(
         &pipeline,
         format!(
-            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\n[kafka]\nbrokers = \"{}\"\n[kafka.topics.purchases]\nname = \"{topic}\"\npartitions = 3\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\nflush_interval = \"300ms\"\n",
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\n[kafka]\nbrokers = \"{}\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n[kafka.topics.purchases]\nname = \"{topic}\"\npartitions = 3\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\nflush_interval = \"300ms\"\n",
             lakeshop_testkit::unique("p"),
             lakeshop_testkit::kafka_brokers(),
             lakeshop_testkit::s3_endpoint(),
@@ -80,15 +136,60 @@ async fn crash_and_check(stage_uri: String) -> Result<()> {
         .arg(&truth_path)
         .stdout(Stdio::null())
         .spawn()?;
+    let group = mode == Mode::Group;
     let extractor = || {
-        Command::new(bin)
-            .arg("--config")
-            .arg(&pipeline)
-            .args(["extract", "purchases", "--follow"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config").arg(&pipeline).args([
+            "extract",
+            "purchases",
+            "--follow",
+            "--no-metrics",
+        ]);
+        if group {
+            cmd.arg("--group");
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()
     };
+    // The extractor that stays up in group mode.
+    let mut partner = if group { Some(extractor()?) } else { None };
+    // Compaction in a loop, beside the extractor.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let optimizer = (mode == Mode::Optimizing).then(|| {
+        let stop = stop.clone();
+        let pipeline = pipeline.clone();
+        std::thread::spawn(move || -> Result<(u32, u64)> {
+            let (mut runs, mut removed) = (0u32, 0u64);
+            loop {
+                let last = stop.load(std::sync::atomic::Ordering::Relaxed);
+                let out = Command::new(bin)
+                    .arg("--config")
+                    .arg(&pipeline)
+                    .args([
+                        "stage",
+                        "optimize",
+                        "--table",
+                        "purchases,dead_letters",
+                        "--json",
+                    ])
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "stage optimize failed beside the extractor: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let reports: Value = serde_json::from_slice(&out.stdout)?;
+                for r in reports.as_array().into_iter().flatten() {
+                    removed += r["files_removed"].as_u64().unwrap_or(0);
+                }
+                runs += 1;
+                if last {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok((runs, removed))
+        })
+    });
     // Kill the follower at random points while the generator streams, then restart it.
     let mut kills = 0;
     let started = Instant::now();
@@ -106,6 +207,11 @@ async fn crash_and_check(stage_uri: String) -> Result<()> {
     }
     assert!(gen.wait()?.success(), "gen failed");
     assert!(kills >= 5);
+    if let Some(mut partner) = partner.take() {
+        // SIGTERM drains: flush, commit, exit 0.
+        assert!(terminate(&mut partner)?.success(), "drain on SIGTERM");
+    }
+
     // Drain what is left.
     let out = Command::new(bin)
         .arg("--config")
@@ -117,6 +223,15 @@ async fn crash_and_check(stage_uri: String) -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if let Some(optimizer) = optimizer {
+        // It also ran beside the drain; one last run after it.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (runs, removed) = optimizer
+            .join()
+            .map_err(|_| anyhow::anyhow!("optimizer thread panicked"))??;
+        assert!(runs >= 3, "optimize ran {runs} times");
+        assert!(removed > 0, "optimize compacted nothing in {runs} runs");
+    }
 
     let truth: Value = serde_json::from_slice(&std::fs::read(&truth_path)?)?;
     let c = &truth["counts"];

@@ -6,31 +6,9 @@
 mod common;
 
 use anyhow::{Context as _, Result};
-use common::counts;
+use common::{counts, lakeshop};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-
-fn lakeshop(config: &Path, args: &[&str]) -> Result<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "lakeshop {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout)?;
-    Ok(stdout
-        .lines()
-        .last()
-        .map(serde_json::from_str)
-        .transpose()?
-        .unwrap_or(Value::Null))
-}
 
 async fn extract_matches_truth(stage_uri: String) -> Result<()> {
     let db = lakeshop_testkit::fresh_database("extract_test").await?;
@@ -161,4 +139,137 @@ async fn extract_into_an_s3_stage() -> Result<()> {
         lakeshop_testkit::unique("stage")
     ))
     .await
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1: (status line, body).
+fn http_get(port: u16, path: &str) -> Result<(String, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("HTTP response")?;
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of an unlabelled Prometheus sample.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `--follow` serves /metrics and /healthz while it runs, and SIGTERM commits what is
+/// buffered and exits 0 with counts that add up.
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_serves_metrics_and_drains_on_sigterm() -> Result<()> {
+    let db = lakeshop_testkit::fresh_database("follow_test").await?;
+    let topic = lakeshop_testkit::unique("purchases");
+    lakeshop_testkit::create_topic(&topic, 2).await?;
+    let dir = tempfile::tempdir()?;
+    let stage_uri = dir.path().join("stage").to_string_lossy().to_string();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\n[kafka]\nbrokers = \"{}\"\n[kafka.topics.purchases]\nname = \"{topic}\"\npartitions = 2\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\n# Long enough that SIGTERM finds rows buffered.\nflush_interval = \"30s\"\nflush_max_rows = 4000\n",
+            lakeshop_testkit::unique("p"),
+            lakeshop_testkit::kafka_brokers(),
+            lakeshop_testkit::s3_endpoint(),
+            lakeshop_testkit::unique("src"),
+        ),
+    )?;
+    let truth = dir.path().join("truth.json").to_string_lossy().to_string();
+    lakeshop(
+        &pipeline,
+        &[
+            "gen",
+            "--only",
+            "purchases",
+            "--clients",
+            "500",
+            "--products",
+            "50",
+            "--purchases",
+            "10000",
+            "--bad-fraction",
+            "0.02",
+            "--seed",
+            "3",
+            "--quiet",
+            "--truth",
+            &truth,
+        ],
+    )?;
+    let truth: Value = serde_json::from_slice(&std::fs::read(&truth)?)?;
+    let messages = truth["counts"]["purchase_messages"]
+        .as_i64()
+        .context("purchase_messages")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("--config")
+        .arg(&pipeline)
+        .args(["extract", "purchases", "--follow", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Every record is read; the last few thousand stay buffered (no size or time flush).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = loop {
+        if let Ok((status, body)) = http_get(port, "/metrics") {
+            anyhow::ensure!(status.contains("200"), "{status}");
+            if sample(&body, "lakeshop_extract_consumed_records_total") == Some(messages as f64) {
+                break body;
+            }
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "never read all records"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let staged = sample(&body, "lakeshop_extract_staged_rows_total").unwrap_or(-1.0);
+    assert!(
+        staged < messages as f64,
+        "rows should still be buffered: {body}"
+    );
+    assert!(
+        body.contains("lakeshop_extract_commit_seconds_count"),
+        "{body}"
+    );
+    let (health, _) = http_get(port, "/healthz")?;
+    assert!(health.contains("200"), "{health}");
+
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    let out = child.wait_with_output()?;
+    assert!(out.status.success(), "exit after SIGTERM: {:?}", out.status);
+    let stats: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .context("summary")?,
+    )?;
+    assert_eq!(stats["read"].as_i64(), Some(messages), "{stats}");
+    assert_eq!(
+        stats["staged"].as_i64().unwrap_or(0) + stats["dead_lettered"].as_i64().unwrap_or(0),
+        messages,
+        "read = staged + dead-lettered: {stats}"
+    );
+    let rows = counts(
+        &stage_uri,
+        "purchases",
+        "SELECT 'rows', count(*) FROM purchases",
+    )
+    .await?;
+    assert_eq!(Some(&rows["rows"]), stats["staged"].as_i64().as_ref());
+    Ok(())
 }

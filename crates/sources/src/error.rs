@@ -10,6 +10,20 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// PostgreSQL failed.
+    #[error("postgres {table}: {source}")]
+    Postgres {
+        table: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The source Delta table failed.
+    #[error("source delta table {uri}: {source}")]
+    SourceTable {
+        uri: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
     /// The stage layer failed.
     #[error(transparent)]
     Stage(#[from] lakeshop_stage::Error),

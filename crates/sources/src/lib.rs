@@ -4,5 +4,7 @@
 
 pub mod error;
 pub mod kafka;
+pub mod postgres;
+pub mod products;
 
 pub use error::{Error, Result};

@@ -10,6 +10,8 @@
 //! [`Error::OffsetsMoved`] or a commit conflict and must re-read, never a silent duplicate.
 
 mod error;
+mod maintain;
+mod upsert;
 
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
@@ -22,6 +24,8 @@ use lakeshop_model::arrow_schema;
 use std::collections::{BTreeMap, HashMap};
 
 pub use error::{Error, Result};
+pub use maintain::{OptimizeReport, TableInfo, VacuumReport};
+pub use upsert::{UpdateWhen, Upsert, UpsertStats, Watermark};
 
 /// The stage tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,17 +36,19 @@ pub enum Table {
     Purchases,
     Interactions,
     DeadLetters,
+    Sales,
 }
 
 impl Table {
     /// Every table, in display order.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Clients,
         Table::Sellers,
         Table::Products,
         Table::Purchases,
         Table::Interactions,
         Table::DeadLetters,
+        Table::Sales,
     ];
 
     /// Folder name under the stage root.
@@ -54,6 +60,7 @@ impl Table {
             Table::Purchases => "purchases",
             Table::Interactions => "interactions",
             Table::DeadLetters => "dead_letters",
+            Table::Sales => "sales",
         }
     }
 
@@ -66,13 +73,26 @@ impl Table {
             Table::Purchases => arrow_schema::stage_purchase(),
             Table::Interactions => arrow_schema::stage_interaction(),
             Table::DeadLetters => arrow_schema::stage_dead_letter(),
+            Table::Sales => arrow_schema::stage_sale(),
+        }
+    }
+
+    /// Key of an upserted dimension table (`None` for the append-only tables).
+    pub fn key(self) -> Option<&'static str> {
+        match self {
+            Table::Clients => Some("client_id"),
+            Table::Sellers => Some("seller_id"),
+            Table::Products => Some("product_id"),
+            _ => None,
         }
     }
 
     /// Partition columns: the business day for append-only tables.
     pub fn partition_columns(self) -> &'static [&'static str] {
         match self {
-            Table::Purchases | Table::Interactions | Table::DeadLetters => &["event_date"],
+            Table::Purchases | Table::Interactions | Table::DeadLetters | Table::Sales => {
+                &["event_date"]
+            }
             _ => &[],
         }
     }
@@ -145,7 +165,7 @@ impl Stage {
         })
     }
 
-    fn delta_err(
+    pub(crate) fn delta_err(
         operation: &'static str,
         table: Table,
     ) -> impl FnOnce(deltalake::DeltaTableError) -> Error {
@@ -279,5 +299,54 @@ impl Stage {
         let version = new.version().unwrap_or_default();
         *handle = new;
         Ok(version)
+    }
+}
+
+impl Stage {
+    /// Registers `tables` (each under its own name, at its latest version) in a DataFusion
+    /// session, creating missing tables empty so queries over a young stage still plan.
+    pub async fn register(
+        &self,
+        ctx: &deltalake::datafusion::prelude::SessionContext,
+        tables: &[Table],
+    ) -> Result<()> {
+        for &table in tables {
+            let t = self.open(table).await?;
+            t.update_datafusion_session(&ctx.state())
+                .map_err(Self::delta_err("register", table))?;
+            let provider = t.table_provider().await.map_err(|e| Error::Delta {
+                operation: "register",
+                table: table.name().to_string(),
+                source: Box::new(e.into()),
+            })?;
+            ctx.register_table(table.name(), provider)
+                .map_err(|e| Error::Delta {
+                    operation: "register",
+                    table: table.name().to_string(),
+                    source: Box::new(e.into()),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the rows matching `predicate` (SQL over partition columns, e.g.
+    /// `event_date = '2026-11-21'`) with `batches` in one Delta commit: readers see the old
+    /// rows or the new ones, never a mix. Returns the new version.
+    pub async fn replace_where(
+        &self,
+        table: Table,
+        batches: Vec<RecordBatch>,
+        predicate: &str,
+    ) -> Result<u64> {
+        let handle = self.open(table).await?;
+        let new = handle
+            .write(batches)
+            .with_save_mode(SaveMode::Overwrite)
+            .with_replace_where(predicate.to_string())
+            .with_partition_columns(table.partition_columns().iter().map(|s| s.to_string()))
+            .with_commit_properties(CommitProperties::default().with_max_retries(20))
+            .await
+            .map_err(Self::delta_err("replace", table))?;
+        Ok(new.version().unwrap_or_default())
     }
 }

@@ -37,3 +37,41 @@ pub async fn counts(stage_uri: &str, table: &str, sql: &str) -> Result<BTreeMap<
     }
     Ok(out)
 }
+
+/// Runs the `lakeshop` binary with a pipeline file; its stdout, failing with its stderr
+/// when it exits non-zero.
+#[allow(dead_code)]
+pub fn lakeshop_stdout(config: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "lakeshop {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The last stdout line of a `lakeshop` run as JSON (the command's summary).
+#[allow(dead_code)]
+pub fn lakeshop(config: &std::path::Path, args: &[&str]) -> Result<serde_json::Value> {
+    Ok(lakeshop_stdout(config, args)?
+        .lines()
+        .last()
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null))
+}
+
+/// Every JSON stdout line of a `lakeshop` run (commands that print one line per source).
+#[allow(dead_code)]
+pub fn lakeshop_lines(config: &std::path::Path, args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    lakeshop_stdout(config, args)?
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}

@@ -7,6 +7,7 @@
 //! never writes a dead letter twice. "Caught up" is decided from fetched data (partition
 //! EOF) plus an idle timeout, never from ListOffsets.
 
+mod metrics;
 mod rows;
 
 use chrono::Utc;
@@ -17,9 +18,11 @@ use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use metrics::ExtractMetrics;
 pub use rows::{DeadLetterRows, EventKind, EventRows, Position};
 
 use crate::{Error, Result};
@@ -45,6 +48,10 @@ pub struct KafkaSourceConfig {
     pub until_end_idle: Option<Duration>,
     /// Business time zone of the `event_date` partitions.
     pub timezone: chrono_tz::Tz,
+    /// Set it to stop: the extractor commits what it buffered and returns (SIGTERM drain).
+    pub stop: Arc<AtomicBool>,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: ExtractMetrics,
 }
 
 /// What a run did.
@@ -80,6 +87,7 @@ struct Assignment {
 }
 
 struct Ctx {
+    metrics: ExtractMetrics,
     stage: Stage,
     table: Table,
     topic: String,
@@ -88,6 +96,20 @@ struct Ctx {
 }
 
 impl ClientContext for Ctx {
+    /// librdkafka statistics (every second): the high watermark each partition's last fetch
+    /// response carried (never ListOffsets), minus the next offset to read, is the lag.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (p, part) in &topic.partitions {
+            if let (Some(next), true) = (state.next.get(p), part.hi_offset >= 0) {
+                self.metrics.set_lag(*p, (part.hi_offset - next).max(0));
+            }
+        }
+    }
+
     fn error(&self, error: KafkaError, reason: &str) {
         // Reaching the end of a partition is how "caught up" is decided, not an error.
         if matches!(
@@ -216,6 +238,7 @@ pub async fn extract(stage: &Stage, config: &KafkaSourceConfig) -> Result<Extrac
         EventKind::Interactions => Table::Interactions,
     };
     let ctx = Ctx {
+        metrics: config.metrics.clone(),
         stage: stage.clone(),
         table,
         topic: config.topic.clone(),
@@ -229,6 +252,7 @@ pub async fn extract(stage: &Stage, config: &KafkaSourceConfig) -> Result<Extrac
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", "1000")
         .set("fetch.message.max.bytes", "8388608");
     let kafka_err = |source| Error::Kafka {
         topic: config.topic.clone(),
@@ -287,6 +311,7 @@ fn run(
     let mut last_data = Instant::now();
     loop {
         let polled = consumer.poll(Duration::from_millis(100));
+        config.metrics.heartbeat();
         {
             let mut state = consumer
                 .context()
@@ -345,6 +370,7 @@ fn run(
                         eof.remove(&p);
                         state.next.insert(p, offset + 1);
                         stats.read += 1;
+                        config.metrics.consumed.inc();
                         let now = Utc::now();
                         let pos = Position {
                             topic: &config.topic,
@@ -385,7 +411,7 @@ fn run(
                     .is_some_and(|idle| last_data.elapsed() >= idle)
         };
         if due || (caught_up && !buf.last.is_empty()) {
-            flush(
+            flush_or_resync(
                 &consumer,
                 stage,
                 table,
@@ -393,8 +419,25 @@ fn run(
                 &mut dl_handle,
                 &mut buf,
                 &mut stats,
-                &config.topic,
+                config,
             )?;
+        }
+        let stopping = config.stop.load(Ordering::Relaxed);
+        if stopping && !buf.last.is_empty() {
+            flush_or_resync(
+                &consumer,
+                stage,
+                table,
+                &mut handle,
+                &mut dl_handle,
+                &mut buf,
+                &mut stats,
+                config,
+            )?;
+        }
+        if stopping {
+            tracing::info!(topic = %config.topic, "stop requested; buffered rows committed");
+            break;
         }
         if caught_up && buf.last.is_empty() {
             break;
@@ -402,6 +445,78 @@ fn run(
     }
     tracing::info!(topic = %config.topic, read = stats.read, staged = stats.staged, dead_lettered = stats.dead_lettered, commits = stats.commits, "caught up");
     Ok(stats)
+}
+
+/// Flushes; when another writer moved this extractor's partitions meanwhile (a group
+/// rebalance this member has not seen yet), drops the buffer and re-reads each partition
+/// from the stage's offsets instead of failing: the other writer's commit stands, nothing
+/// is staged twice.
+#[allow(clippy::too_many_arguments)]
+fn flush_or_resync(
+    consumer: &BaseConsumer<Ctx>,
+    stage: &Stage,
+    table: Table,
+    handle: &mut deltalake::DeltaTable,
+    dl_handle: &mut deltalake::DeltaTable,
+    buf: &mut Buffer,
+    stats: &mut ExtractStats,
+    config: &KafkaSourceConfig,
+) -> Result<()> {
+    match flush(
+        consumer, stage, table, handle, dl_handle, buf, stats, config,
+    ) {
+        Err(Error::Stage(e @ lakeshop_stage::Error::OffsetsMoved { .. })) => {
+            tracing::warn!(error = %e, "offsets moved under this extractor; re-reading from the stage");
+            resync(consumer, buf, config)
+        }
+        Err(Error::Stage(e)) if e.is_retryable() => {
+            tracing::warn!(error = %e, "commit lost a race; re-reading from the stage");
+            resync(consumer, buf, config)
+        }
+        other => other,
+    }
+}
+
+/// Drops the buffer and positions every assigned partition at the stage's offsets.
+fn resync(
+    consumer: &BaseConsumer<Ctx>,
+    buf: &mut Buffer,
+    config: &KafkaSourceConfig,
+) -> Result<()> {
+    buf.events.finish()?;
+    buf.dead.finish()?;
+    buf.last.clear();
+    buf.dl_last.clear();
+    buf.since = Instant::now();
+    let ctx = consumer.context();
+    let partitions: Vec<i32> = {
+        let s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.committed.keys().copied().collect()
+    };
+    let (committed, dl) = ctx.load(&partitions)?;
+    let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+    for p in &partitions {
+        let offset = match committed[p] {
+            Some(last) => {
+                s.next.insert(*p, last + 1);
+                Offset::Offset((last + 1 - RESUME_REWIND).max(0))
+            }
+            None => {
+                s.next.remove(p);
+                Offset::Beginning
+            }
+        };
+        // Reading on from where the consumer is would skip what the dropped buffer held.
+        consumer
+            .seek(&config.topic, *p, offset, Duration::from_secs(10))
+            .map_err(|source| Error::Kafka {
+                topic: config.topic.clone(),
+                source,
+            })?;
+    }
+    s.committed.extend(committed);
+    s.dl_committed.extend(dl);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -413,8 +528,9 @@ fn flush(
     dl_handle: &mut deltalake::DeltaTable,
     buf: &mut Buffer,
     stats: &mut ExtractStats,
-    topic: &str,
+    config: &KafkaSourceConfig,
 ) -> Result<()> {
+    let topic = config.topic.as_str();
     let ctx = consumer.context();
     let (committed, dl_committed) = {
         let s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -443,6 +559,7 @@ fn flush(
             s.dl_committed.insert(o.partition, Some(o.last));
         }
         stats.dead_lettered += n;
+        config.metrics.dead_lettered.inc_by(n);
     }
     let batch = buf.events.finish()?;
     let n = batch.num_rows() as u64;
@@ -467,6 +584,12 @@ fn flush(
     }
     stats.staged += n;
     stats.commits += 1;
+    config.metrics.staged.inc_by(n);
+    config.metrics.commits.inc();
+    config
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         table = table.name(),
         version,

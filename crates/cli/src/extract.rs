@@ -1,0 +1,280 @@
+//! Wiring of `extract …`: builds each extractor's settings from the pipeline file and flags,
+//! shows progress, serves `/metrics` and `/healthz` while following, and drains on SIGTERM.
+
+use anyhow::{bail, Context as _, Result};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, TlsMode};
+use crate::{stage, ExtractArgs, ExtractCommand};
+use lakeshop_sources::kafka::{EventKind, ExtractMetrics, KafkaSourceConfig};
+use lakeshop_sources::postgres::{Dimension, PgSourceConfig};
+use lakeshop_sources::products::ProductsSourceConfig;
+
+/// `/healthz` fails when the consumer loop has not turned for this long.
+const HEALTHY_WITHIN_SECS: i64 = 30;
+
+pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
+    match cmd {
+        ExtractCommand::Clients(args) => print(dimension(config, &args, Dimension::Clients).await?),
+        ExtractCommand::Sellers(args) => print(dimension(config, &args, Dimension::Sellers).await?),
+        ExtractCommand::Products(_) => print(products(config).await?),
+        ExtractCommand::Purchases(args) => {
+            print(events(config, &args, EventKind::Purchases).await?)
+        }
+        ExtractCommand::Interactions(args) => {
+            print(events(config, &args, EventKind::Interactions).await?)
+        }
+        ExtractCommand::All(args) => {
+            if args.follow {
+                bail!("extract all runs every source once; run `extract purchases --follow` to follow");
+            }
+            // Dimensions and event logs touch different stage tables: all at once.
+            let (c, s, p, pu, i) = tokio::try_join!(
+                dimension(config, &args, Dimension::Clients),
+                dimension(config, &args, Dimension::Sellers),
+                products(config),
+                events(config, &args, EventKind::Purchases),
+                events(config, &args, EventKind::Interactions),
+            )?;
+            for line in [c, s, p, pu, i] {
+                print(line)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// One JSON line per source on stdout: what schedulers and tests read.
+fn print(summary: serde_json::Value) -> Result<ExitCode> {
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg}: {human_pos} rows, {per_sec}, {elapsed}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+async fn dimension(
+    config: &Config,
+    args: &ExtractArgs,
+    dimension: Dimension,
+) -> Result<serde_json::Value> {
+    let (name, source_table) = match dimension {
+        Dimension::Clients => ("clients", config.postgres.clients_table.clone()),
+        Dimension::Sellers => ("sellers", config.postgres.sellers_table.clone()),
+    };
+    let progress = Arc::new(AtomicU64::new(0));
+    let source = PgSourceConfig {
+        url: config.postgres.url.clone(),
+        tls: match config.postgres.tls {
+            TlsMode::Disable => lakeshop_sources::postgres::TlsMode::Disable,
+            TlsMode::Prefer => lakeshop_sources::postgres::TlsMode::Prefer,
+            TlsMode::Require => lakeshop_sources::postgres::TlsMode::Require,
+        },
+        dimension,
+        source_table,
+        watermark_column: config.postgres.watermark_column.clone(),
+        full: args.full,
+        dry_run: args.dry_run,
+        batch_rows: 65_536,
+        commit_rows: 1_000_000,
+        overlap: lakeshop_sources::postgres::DEFAULT_OVERLAP,
+        progress: progress.clone(),
+    };
+    let bar = progress_bar(args.quiet, name);
+    let ticker = {
+        let bar = bar.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(progress.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let done = lakeshop_sources::postgres::extract(&stage(config), &source).await;
+    ticker.abort();
+    bar.finish_and_clear();
+    let stats = done.with_context(|| format!("extract {name}"))?;
+    Ok(serde_json::json!({
+        "source": name,
+        "full": args.full,
+        "dry_run": args.dry_run,
+        "read": stats.read,
+        "inserted": stats.inserted,
+        "updated": stats.updated,
+        "marked_deleted": stats.marked_deleted,
+        "commits": stats.commits,
+        "watermark": stats.watermark
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339()),
+    }))
+}
+
+async fn products(config: &Config) -> Result<serde_json::Value> {
+    let source = ProductsSourceConfig {
+        uri: config.products.uri.clone(),
+        storage_options: config.s3.storage_options(),
+    };
+    let stats = lakeshop_sources::products::extract(&stage(config), &source)
+        .await
+        .context("extract products")?;
+    let mut v = serde_json::to_value(&stats)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("source".into(), "products".into());
+    }
+    Ok(v)
+}
+
+async fn events(config: &Config, args: &ExtractArgs, kind: EventKind) -> Result<serde_json::Value> {
+    let role = match kind {
+        EventKind::Purchases => "purchases",
+        EventKind::Interactions => "interactions",
+    };
+    let topic = config.kafka.topic(role);
+    let stop = Arc::new(AtomicBool::new(false));
+    let metrics = ExtractMetrics::new(&topic);
+    let source = KafkaSourceConfig {
+        client: config.kafka.client_config(),
+        topic,
+        group_id: format!(
+            "{}-{}-stage-{role}",
+            config.kafka.group_prefix, config.pipeline.name
+        ),
+        group: args.group,
+        kind,
+        flush_interval: config.stage.flush_interval,
+        flush_max_rows: config.stage.flush_max_rows,
+        // Without --follow, drain what is there and stop.
+        until_end_idle: (!args.follow).then_some(args.idle),
+        timezone: config.timezone()?,
+        stop: stop.clone(),
+        metrics: metrics.clone(),
+    };
+    // SIGTERM or Ctrl-C: commit what is buffered and exit 0.
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_shutdown().await;
+            tracing::info!("shutdown requested; draining");
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let server = if args.follow && !args.no_metrics {
+        Some(serve_metrics(args.metrics_listen, metrics).await?)
+    } else {
+        None
+    };
+    let done = lakeshop_sources::kafka::extract(&stage(config), &source).await;
+    signals.abort();
+    if let Some(s) = server {
+        s.abort();
+    }
+    let stats = done.with_context(|| format!("extract {role}"))?;
+    Ok(serde_json::json!({
+        "source": role,
+        "read": stats.read,
+        "staged": stats.staged,
+        "dead_lettered": stats.dead_lettered,
+        "commits": stats.commits,
+    }))
+}
+
+async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serves `/metrics` (Prometheus text) and `/healthz` on `addr` until aborted.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: ExtractMetrics,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        ),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                            e.to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let age = metrics.seconds_since_heartbeat();
+                async move {
+                    if age <= HEALTHY_WITHIN_SECS {
+                        (StatusCode::OK, "ok\n".to_string())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("consumer loop stalled for {age} s\n"),
+                        )
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener on {addr}"))?;
+    tracing::info!(%addr, "serving /metrics and /healthz");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "metrics server stopped");
+        }
+    }))
+}

@@ -1,0 +1,282 @@
+//! `lakeshop extract clients | sellers | products` against the local stack, into a local
+//! folder stage and an `s3://` stage: the first run stages every row; after 100 clients
+//! change, 10 are soft-deleted and a new product table version changes 50 products, the next
+//! run moves exactly those rows; `--full` finds hard deletes; a column added to the source
+//! product table does not fail the extract.
+
+mod common;
+
+use anyhow::{Context as _, Result};
+use common::{counts, lakeshop};
+use deltalake::arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, RecordBatch, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, Decimal128Type, Field, Schema};
+use std::sync::Arc;
+
+/// The source product table, sorted by id, as one batch.
+async fn read_products(uri: &str) -> Result<RecordBatch> {
+    let (root, name) = uri.rsplit_once('/').context("table uri")?;
+    let batches = common::query(
+        root,
+        name,
+        &format!("SELECT product_id, name, category, price, available_stock, seller_id, updated_at FROM {name} ORDER BY product_id"),
+    )
+    .await?;
+    let schema = batches.first().context("no products")?.schema();
+    let batch = deltalake::arrow::compute::concat_batches(&schema, &batches)?;
+    // Back to the source types (DataFusion may read strings as views).
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(lakeshop_model::arrow_schema::product().fields())
+        .map(|(c, f)| deltalake::arrow::compute::cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(
+        lakeshop_model::arrow_schema::product(),
+        columns,
+    )?)
+}
+
+/// A new version of the source table in which the first `n` products (by id) cost 1.00
+/// more and are stamped now; with `extra_column`, the version also gains a column.
+async fn change_products(uri: &str, skip: usize, n: usize, extra_column: bool) -> Result<()> {
+    let batch = read_products(uri).await?;
+    let price = batch.column(3).as_primitive::<Decimal128Type>();
+    let updated = batch
+        .column(6)
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .context("updated_at")?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let changed = |i: usize| i >= skip && i < skip + n;
+    let new_price: Decimal128Array = (0..batch.num_rows())
+        .map(|i| Some(price.value(i) + if changed(i) { 100 } else { 0 }))
+        .collect::<Decimal128Array>()
+        .with_precision_and_scale(18, 2)?;
+    let new_updated = TimestampMicrosecondArray::from_iter_values((0..batch.num_rows()).map(|i| {
+        if changed(i) {
+            now
+        } else {
+            updated.value(i)
+        }
+    }))
+    .with_timezone("UTC");
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[3] = Arc::new(new_price);
+    columns[6] = Arc::new(new_updated);
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    if extra_column {
+        fields.push(Field::new("discount_percent", DataType::Int32, true));
+        columns.push(Arc::new(Int32Array::from(vec![Some(5); batch.num_rows()])));
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    let url = deltalake::table::builder::ensure_table_uri(uri)?;
+    let t = deltalake::DeltaTable::try_from_url_with_storage_options(
+        url,
+        lakeshop_testkit::s3_options(),
+    )
+    .await?;
+    t.write(vec![batch])
+        .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+        .with_schema_mode(deltalake::operations::write::SchemaMode::Merge)
+        .await?;
+    Ok(())
+}
+
+fn num(v: &serde_json::Value, k: &str) -> i64 {
+    v[k].as_i64().unwrap_or(-1)
+}
+
+async fn dimensions_move_exactly_what_changed(stage_uri: String) -> Result<()> {
+    let db = lakeshop_testkit::fresh_database("dims_test").await?;
+    let products_uri = format!("s3://lakeshop/{}/products", lakeshop_testkit::unique("src"));
+    let dir = tempfile::tempdir()?;
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\ntls = \"disable\"\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"{products_uri}\"\n[stage]\nuri = \"{stage_uri}\"\n",
+            lakeshop_testkit::unique("p"),
+            lakeshop_testkit::s3_endpoint(),
+        ),
+    )?;
+    let truth = dir.path().join("truth.json").to_string_lossy().to_string();
+    lakeshop(
+        &pipeline,
+        &[
+            "gen",
+            "--clients",
+            "3000",
+            "--sellers",
+            "40",
+            "--products",
+            "500",
+            "--only",
+            "postgres,products",
+            "--seed",
+            "5",
+            "--quiet",
+            "--truth",
+            &truth,
+        ],
+    )?;
+
+    // First runs: every row.
+    let c = lakeshop(&pipeline, &["extract", "clients", "--quiet"])?;
+    assert_eq!((num(&c, "read"), num(&c, "inserted")), (3000, 3000), "{c}");
+    let s = lakeshop(&pipeline, &["extract", "sellers", "--quiet"])?;
+    assert_eq!((num(&s, "read"), num(&s, "inserted")), (40, 40), "{s}");
+    let p = lakeshop(&pipeline, &["extract", "products"])?;
+    assert_eq!(p["method"], "full", "{p}");
+    assert_eq!((num(&p, "changed"), num(&p, "inserted")), (500, 500), "{p}");
+
+    // 100 clients change, 10 are soft-deleted, 50 products change.
+    let pg = lakeshop_testkit::pg(&db).await?;
+    let changed = pg
+        .execute(
+            "UPDATE clients SET email = 'changed-' || email WHERE client_id IN \
+             (SELECT client_id FROM clients ORDER BY client_id LIMIT 100)",
+            &[],
+        )
+        .await?;
+    assert_eq!(changed, 100);
+    let deleted = pg
+        .execute(
+            "UPDATE clients SET deleted_at = now() WHERE client_id IN \
+             (SELECT client_id FROM clients ORDER BY client_id DESC LIMIT 10)",
+            &[],
+        )
+        .await?;
+    assert_eq!(deleted, 10);
+    change_products(&products_uri, 0, 50, false).await?;
+
+    // The next runs move exactly those rows (re-read overlap rows are no-ops).
+    let c = lakeshop(&pipeline, &["extract", "clients", "--quiet"])?;
+    assert_eq!((num(&c, "inserted"), num(&c, "updated")), (0, 110), "{c}");
+    let s = lakeshop(&pipeline, &["extract", "sellers", "--quiet"])?;
+    assert_eq!((num(&s, "inserted"), num(&s, "updated")), (0, 0), "{s}");
+    let p = lakeshop(&pipeline, &["extract", "products"])?;
+    assert_eq!(p["method"], "diff", "{p}");
+    assert_eq!(
+        (num(&p, "changed"), num(&p, "inserted"), num(&p, "updated")),
+        (50, 0, 50),
+        "{p}"
+    );
+    let again = lakeshop(&pipeline, &["extract", "products"])?;
+    assert_eq!(again["method"], "up_to_date", "{again}");
+
+    let rows = counts(
+        &stage_uri,
+        "clients",
+        "SELECT 'rows', count(*) FROM clients UNION ALL SELECT 'ids', count(DISTINCT client_id) FROM clients \
+         UNION ALL SELECT 'changed', count(*) FROM clients WHERE email LIKE 'changed-%' \
+         UNION ALL SELECT 'deleted', count(*) FROM clients WHERE deleted_at IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(
+        (rows["rows"], rows["ids"], rows["changed"], rows["deleted"]),
+        (3000, 3000, 100, 10),
+        "{rows:?}"
+    );
+    // The staged products equal the source's new version, row for row.
+    let source = read_products(&products_uri).await?;
+    let staged = counts(
+        &stage_uri,
+        "products",
+        "SELECT 'rows', count(*) FROM products UNION ALL SELECT 'cents', CAST(sum(price) * 100 AS BIGINT) FROM products",
+    )
+    .await?;
+    let source_cents: i128 = source
+        .column(3)
+        .as_primitive::<Decimal128Type>()
+        .iter()
+        .flatten()
+        .sum();
+    assert_eq!(staged["rows"], source.num_rows() as i64);
+    assert_eq!(i128::from(staged["cents"]), source_cents);
+
+    // A full run finds hard deletes, and only those.
+    let gone = pg
+        .execute(
+            "DELETE FROM clients WHERE client_id IN \
+             (SELECT client_id FROM clients WHERE deleted_at IS NULL ORDER BY client_id LIMIT 5 OFFSET 200)",
+            &[],
+        )
+        .await?;
+    assert_eq!(gone, 5);
+    let full = lakeshop(&pipeline, &["extract", "clients", "--full", "--quiet"])?;
+    assert_eq!(
+        (
+            num(&full, "read"),
+            num(&full, "inserted"),
+            num(&full, "updated"),
+            num(&full, "marked_deleted")
+        ),
+        (2995, 0, 0, 5),
+        "{full}"
+    );
+    let deleted = counts(
+        &stage_uri,
+        "clients",
+        "SELECT 'deleted', count(*) FROM clients WHERE deleted_at IS NOT NULL",
+    )
+    .await?;
+    assert_eq!(deleted["deleted"], 15);
+
+    // Schema evolution: the source gains a column and 5 products change.
+    change_products(&products_uri, 100, 5, true).await?;
+    let p = lakeshop(&pipeline, &["extract", "products"])?;
+    assert_eq!((num(&p, "changed"), num(&p, "updated")), (5, 5), "{p}");
+    assert_eq!(
+        p["ignored_columns"],
+        serde_json::json!(["discount_percent"]),
+        "{p}"
+    );
+
+    // `stage show` reports the positions committed with the data.
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("--config")
+        .arg(&pipeline)
+        .args(["stage", "show", "--json"])
+        .output()?;
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    let tables: serde_json::Value = serde_json::from_slice(&show.stdout)?;
+    let clients = tables
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["table"] == "clients"))
+        .context("clients in stage show")?;
+    assert_eq!(clients["rows"].as_i64(), Some(3000), "{clients}");
+    assert!(
+        clients["positions"]
+            .as_object()
+            .is_some_and(|p| p.keys().any(|k| k.starts_with("postgres:clients:"))),
+        "{clients}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dimensions_into_a_local_folder_stage() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    dimensions_move_exactly_what_changed(dir.path().join("stage").to_string_lossy().to_string())
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dimensions_into_an_s3_stage() -> Result<()> {
+    dimensions_move_exactly_what_changed(format!(
+        "s3://lakeshop/{}/stage",
+        lakeshop_testkit::unique("stage")
+    ))
+    .await
+}
