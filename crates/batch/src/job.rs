@@ -220,16 +220,24 @@ impl BatchJob {
 
     /// The day's sales rows and ClickHouse rows, without writing anything.
     pub async fn build(&self, day: NaiveDate) -> Result<Built> {
-        // The day's arrivals, numbered per purchase id; kept in memory for the next steps.
-        let arrivals = self.sql(day, "read purchases", sql::DAY_ARRIVALS).await?;
+        // The day's arrivals, kept in memory for the next steps.
+        let arrivals = self.sql(day, "read purchases", sql::DAY_PURCHASES).await?;
         let rows_in = count_rows(&arrivals);
-        let firsts = count_where_first(&arrivals);
-        register(&self.ctx, "day_arrivals", arrivals, day)?;
-
+        register(&self.ctx, "day_purchases", arrivals, day)?;
+        let resent = self
+            .sql(day, "order re-sent purchases", sql::RESENT_ARRIVALS)
+            .await?;
+        register(&self.ctx, "resent_arrivals", resent, day)?;
         let conflicts = self
             .sql(day, "find conflicting duplicates", sql::CONFLICTS)
             .await?;
         let conflicting = first_int(&conflicts).unwrap_or(0);
+        let day_firsts = self.sql(day, "first arrivals", &sql::day_firsts()).await?;
+        let firsts = count_rows(&day_firsts);
+        let _ = self.ctx.deregister_table("day_purchases");
+        let _ = self.ctx.deregister_table("resent_arrivals");
+        register(&self.ctx, "day_firsts", day_firsts, day)?;
+
         let claimed = self
             .sql(
                 day,
@@ -243,13 +251,15 @@ impl BatchJob {
         let raw = self
             .sql(day, "join sales", &sql::sales(self.options.pii))
             .await?;
-        let _ = self.ctx.deregister_table("day_arrivals");
+        let _ = self.ctx.deregister_table("day_firsts");
         let _ = self.ctx.deregister_table("claimed");
         let sales = conform(&raw, &arrow_schema::stage_sale()).map_err(|source| Error::Arrow {
             day,
             step: "shape sales rows",
             source,
         })?;
+        // The engine's rows (string views into its read buffers) are not needed any more.
+        drop(raw);
         let rows_out = count_rows(&sales);
         if rows_out != firsts - counted_on_other_day {
             return Err(Error::DimensionFanOut {
@@ -354,7 +364,10 @@ async fn run_sql(
             .with_param_values(vec![ScalarValue::Date32(Some(date32(d)))])
             .map_err(err)?;
     }
+    let started = Instant::now();
     let batches = df.collect().await.map_err(err)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    tracing::debug!(%day, step, rows, seconds = started.elapsed().as_secs_f64(), "query");
     Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
 }
 
@@ -398,7 +411,7 @@ fn register_empty(ctx: &SessionContext, name: &str, day: NaiveDate) -> Result<()
             DataType::Utf8,
             false,
         )])),
-        _ => {
+        "resent_arrivals" => {
             let mut fields: Vec<Field> = arrow_schema::stage_purchase()
                 .fields()
                 .iter()
@@ -407,6 +420,7 @@ fn register_empty(ctx: &SessionContext, name: &str, day: NaiveDate) -> Result<()
             fields.push(Field::new("arrival", DataType::UInt64, false));
             Arc::new(Schema::new(fields))
         }
+        _ => arrow_schema::stage_purchase(),
     };
     let table = MemTable::try_new(schema, vec![vec![]]).map_err(|source| Error::Query {
         day,
@@ -429,19 +443,6 @@ pub(crate) fn date32(d: NaiveDate) -> i32 {
 
 fn count_rows(batches: &[RecordBatch]) -> u64 {
     batches.iter().map(|b| b.num_rows() as u64).sum()
-}
-
-/// Rows whose `arrival` is 1: the distinct purchase ids of the day.
-fn count_where_first(batches: &[RecordBatch]) -> u64 {
-    batches
-        .iter()
-        .filter_map(|b| {
-            let col = b.column_by_name("arrival")?;
-            let col = deltalake::arrow::compute::cast(col, &DataType::Int64).ok()?;
-            let a = col.as_primitive::<deltalake::arrow::datatypes::Int64Type>();
-            Some(a.iter().filter(|v| *v == Some(1)).count() as u64)
-        })
-        .sum()
 }
 
 fn first_int(batches: &[RecordBatch]) -> Option<u64> {
