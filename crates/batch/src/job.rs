@@ -284,20 +284,22 @@ impl BatchJob {
         let daily_total = q("daily total", sql::daily_total()).await?;
         let daily_seller = q(
             "daily by seller",
-            sql::daily_by(sql::SELLER_KEY, "seller_id"),
+            sql::daily_by(sql::SELLER_KEY, "seller_id", ""),
         )
         .await?;
         let daily_category = q(
             "daily by category",
-            sql::daily_by(sql::CATEGORY_KEY, "category"),
+            sql::daily_by(sql::CATEGORY_KEY, "category", ""),
         )
         .await?;
         let daily_product = q(
             "daily by product",
-            sql::daily_by(sql::PRODUCT_KEY, "product_id"),
+            sql::daily_by(sql::PRODUCT_KEY, "product_id", sql::PRODUCT_ATTRIBUTES),
         )
         .await?;
         let hourly = q("hourly", sql::hourly()).await?;
+        // Ranked from the per-product rows rather than from the sales again.
+        register(&agg, "daily_product", daily_product.clone(), day)?;
         let top = q("top products", sql::top_products()).await?;
 
         let total = Totals::read(&daily_total);
@@ -411,6 +413,16 @@ fn register_empty(ctx: &SessionContext, name: &str, day: NaiveDate) -> Result<()
             DataType::Utf8,
             false,
         )])),
+        "daily_product" => Arc::new(Schema::new(vec![
+            Field::new("event_date", DataType::Date32, false),
+            Field::new("product_id", DataType::Utf8, false),
+            Field::new("revenue", DataType::Decimal128(38, 2), true),
+            Field::new("purchases", DataType::Int64, false),
+            Field::new("items", DataType::Int64, true),
+            Field::new("distinct_clients", DataType::Int64, false),
+            Field::new("product_name", DataType::Utf8, true),
+            Field::new("category", DataType::Utf8, true),
+        ])),
         "resent_arrivals" => {
             let mut fields: Vec<Field> = arrow_schema::stage_purchase()
                 .fields()

@@ -165,15 +165,21 @@ pub(crate) fn daily_total() -> String {
     )
 }
 
-/// Per day and `key` (an expression over `sales`), the key column named `name`.
-pub(crate) fn daily_by(key: &str, name: &str) -> String {
+/// Per day and `key` (an expression over `sales`), the key column named `name`; `extra`
+/// adds columns (aggregates over the group).
+pub(crate) fn daily_by(key: &str, name: &str, extra: &str) -> String {
     format!(
-        "SELECT event_date, group_key AS {name}, {MEASURES} \
+        "SELECT event_date, group_key AS {name}, {MEASURES}{extra} \
          FROM (SELECT *, {key} AS group_key FROM sales) \
          GROUP BY event_date, group_key \
          ORDER BY group_key"
     )
 }
+
+/// The product's name and category beside the per-product rows (the same on every row of a
+/// known product; NULL for `unknown`), for the top products.
+pub(crate) const PRODUCT_ATTRIBUTES: &str =
+    ", max(product_name) AS product_name, max(category) AS category";
 
 /// Seller key: `unknown` when the purchase had none or the seller is not in the stage.
 pub(crate) const SELLER_KEY: &str = "CASE WHEN unknown_seller THEN 'unknown' ELSE seller_id END";
@@ -194,16 +200,15 @@ pub(crate) fn hourly() -> String {
 /// How many products `daily_top_products` keeps per day.
 pub(crate) const TOP_PRODUCTS: usize = 100;
 
-/// The day's best-selling known products by revenue; ties go to the smaller product id.
+/// The day's best-selling known products by revenue, from the per-product rows
+/// (`daily_product`, with [`PRODUCT_ATTRIBUTES`]); ties go to the smaller product id.
 pub(crate) fn top_products() -> String {
     format!(
         "SELECT event_date, \
                 CAST(row_number() OVER (ORDER BY revenue DESC, product_id) AS BIGINT) AS rank, \
                 product_id, product_name, category, revenue, purchases, items, distinct_clients \
-         FROM (SELECT event_date, product_id, max(product_name) AS product_name, \
-                      max(category) AS category, {MEASURES} \
-               FROM sales WHERE NOT unknown_product \
-               GROUP BY event_date, product_id \
+         FROM (SELECT * FROM daily_product \
+               WHERE product_id <> 'unknown' \
                ORDER BY revenue DESC, product_id \
                LIMIT {TOP_PRODUCTS}) \
          ORDER BY rank"
