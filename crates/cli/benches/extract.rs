@@ -18,59 +18,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{bench_python, env_u64, last_json, measure, Measured};
+
 const BIN: &str = env!("CARGO_BIN_EXE_lakeshop");
-
-/// Wall seconds, CPU seconds (user + system), peak RSS and stdout of one process.
-#[derive(Debug)]
-struct Measured {
-    wall: f64,
-    cpu: f64,
-    rss_mib: f64,
-    stdout: String,
-}
-
-fn measure(program: &str, args: &[&str]) -> Result<Measured> {
-    let report = tempfile::NamedTempFile::new()?;
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%e %U %S %M", "-o"])
-        .arg(report.path())
-        .arg(program)
-        .args(args)
-        .output()
-        .context("running under /usr/bin/time (infra/deps.sh bench installs it)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(report.path())?;
-    let f: Vec<f64> = text
-        .lines()
-        .last()
-        .context("time report")?
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()?;
-    anyhow::ensure!(f.len() == 4, "time report {text:?}");
-    Ok(Measured {
-        wall: f[0],
-        cpu: f[1] + f[2],
-        rss_mib: f[3] / 1024.0,
-        stdout: String::from_utf8(out.stdout)?,
-    })
-}
-
-fn last_json(stdout: &str) -> Result<Value> {
-    Ok(serde_json::from_str(
-        stdout
-            .lines()
-            .rfind(|l| l.starts_with('{'))
-            .context("no JSON summary")?,
-    )?)
-}
 
 fn lakeshop(pipeline: &Path, args: &[&str]) -> Result<Measured> {
     let mut all = vec!["--config", pipeline.to_str().context("path")?];
@@ -134,13 +88,6 @@ fn pipeline(dir: &Path, db: &str, topic: &str, stage: &Path) -> Result<PathBuf> 
         ),
     )?;
     Ok(path)
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 async fn purchases(dir: &Path) -> Result<Value> {
@@ -260,13 +207,7 @@ async fn clients(dir: &Path) -> Result<Value> {
     )?;
     anyhow::ensure!(last_json(&read.stdout)?["read"].as_u64() == Some(n));
 
-    let venv = Command::new("infra/bench-venv.sh").output()?;
-    anyhow::ensure!(
-        venv.status.success(),
-        "infra/bench-venv.sh: {}",
-        String::from_utf8_lossy(&venv.stderr)
-    );
-    let python = format!("{}/bin/python", String::from_utf8(venv.stdout)?.trim());
+    let python = bench_python()?;
     let cx_out = dir.join("connectorx");
     std::fs::create_dir_all(&cx_out)?;
     let cx = measure(
