@@ -47,7 +47,7 @@ test: up ## Bring up the stack and run every test against it
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	$(RUN) cargo bench --workspace --bench produce --bench extract
+	$(RUN) cargo bench --workspace --bench produce --bench extract --bench batch
 
 fmt: ## Format the code
 	cargo fmt --all
