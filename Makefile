@@ -38,8 +38,11 @@ demo: up build ## Bring up the stack and run the pipeline on generated data
 	$(RUN) $(LAKESHOP) gen --clients 10000 --products 1000 --purchases 200000 \
 		--duplicate-fraction 0.01 --unknown-fraction 0.005 --bad-fraction 0.01 --seed 7 \
 		--truth data/truth.json
-	$(RUN) $(LAKESHOP) extract purchases --until-end
-	$(RUN) $(LAKESHOP) extract interactions --until-end
+	$(RUN) $(LAKESHOP) extract all --quiet
+	$(RUN) $(LAKESHOP) migrate
+	@# gen's history is the 3 days ending yesterday (UTC, the pipeline's business time zone).
+	$(RUN) $(LAKESHOP) batch run --from $$(date -u -d '3 days ago' +%F) --to $$(date -u -d yesterday +%F)
+	$(RUN) $(LAKESHOP) report daily --from $$(date -u -d '3 days ago' +%F) --to $$(date -u -d yesterday +%F)
 
 test: up ## Bring up the stack and run every test against it
 	@infra/deps.sh build
@@ -47,7 +50,7 @@ test: up ## Bring up the stack and run every test against it
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	$(RUN) cargo bench --workspace --bench produce --bench extract --bench batch
+	$(RUN) cargo bench --workspace --bench produce --bench extract
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -70,9 +70,14 @@ impl Default for PipelineConfig {
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     Disable,
+    /// Encrypt when offered, certificate not checked (libpq's meaning).
     #[default]
     Prefer,
+    /// Always encrypt, certificate not checked.
     Require,
+    /// Always encrypt; certificate chain and host name checked against the system roots.
+    #[serde(rename = "verify-full")]
+    VerifyFull,
 }
 
 /// `[postgres]`
@@ -81,7 +86,7 @@ pub enum TlsMode {
 pub struct PostgresConfig {
     /// Connection URL. Default `postgres://postgres@127.0.0.1:5432/lakeshop`.
     pub url: String,
-    /// TLS: disable | prefer | require. Default `prefer`.
+    /// TLS: disable | prefer | require | verify-full (libpq's meanings). Default `prefer`.
     pub tls: TlsMode,
     /// Default `clients`.
     pub clients_table: String,

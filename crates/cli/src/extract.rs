@@ -85,6 +85,7 @@ async fn dimension(
             TlsMode::Disable => lakeshop_sources::postgres::TlsMode::Disable,
             TlsMode::Prefer => lakeshop_sources::postgres::TlsMode::Prefer,
             TlsMode::Require => lakeshop_sources::postgres::TlsMode::Require,
+            TlsMode::VerifyFull => lakeshop_sources::postgres::TlsMode::VerifyFull,
         },
         dimension,
         source_table,

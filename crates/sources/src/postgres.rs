@@ -26,14 +26,67 @@ use tokio_postgres::types::Type;
 
 use crate::{Error, Result};
 
-/// TLS to PostgreSQL.
+/// TLS to PostgreSQL, with libpq's meanings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TlsMode {
     Disable,
-    /// TLS when the server offers it.
+    /// Encrypt when the server offers TLS; the certificate is not checked (as libpq).
     #[default]
     Prefer,
+    /// Always encrypt; the certificate is not checked (as libpq).
     Require,
+    /// Always encrypt, and check the certificate chain (system roots) and host name.
+    VerifyFull,
+}
+
+/// Accepts any server certificate but still checks the handshake signatures: encryption
+/// without authentication, what libpq's `prefer` and `require` give.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Which dimension an extract fills.
@@ -112,24 +165,31 @@ fn pg_err(table: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     }
 }
 
-/// Connects with the given TLS mode (server certificates checked against the system roots).
+/// Connects with the given TLS mode (`VerifyFull` checks the server certificate against the
+/// system roots; `Prefer` and `Require` encrypt without checking it, as libpq does).
 pub async fn connect(url: &str, tls: TlsMode) -> Result<tokio_postgres::Client> {
     let mut config: tokio_postgres::Config = url.parse().map_err(pg_err("connect"))?;
     config.ssl_mode(match tls {
         TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
         TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        TlsMode::Require => tokio_postgres::config::SslMode::Require,
+        TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?;
+    let tls_config = if tls == TlsMode::VerifyFull {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth()
+    };
     let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
     let (client, connection) = config.connect(connector).await.map_err(pg_err("connect"))?;
     tokio::spawn(async move {
