@@ -10,6 +10,9 @@ SHELL := /bin/bash
 CARGO_TARGET_DIR ?= $(HOME)/.cache/lakeshop/target
 export CARGO_TARGET_DIR
 LAKESHOP := $(CARGO_TARGET_DIR)/debug/lakeshop
+# Optimised bench builds get their own cache, so a long release build never holds the lock
+# that dev builds and tests wait on.
+BENCH_TARGET_DIR ?= $(CARGO_TARGET_DIR)-bench
 RUN := infra/env.sh
 
 help: ## Show this help
@@ -50,7 +53,7 @@ test: up ## Bring up the stack and run every test against it
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	$(RUN) cargo bench --workspace --bench produce --bench extract
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch
 
 fmt: ## Format the code
 	cargo fmt --all
