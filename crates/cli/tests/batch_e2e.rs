@@ -292,7 +292,6 @@ async fn end_to_end(kind: StageKind) -> Result<()> {
         tot["rows_out"],
         first.iter().map(|(t, (n, _))| format!("{t}={n}")).collect::<Vec<_>>()
     );
-    world.cleanup().await;
     Ok(())
 }
 

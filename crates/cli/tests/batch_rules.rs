@@ -454,7 +454,6 @@ async fn rules(kind: StageKind) -> Result<()> {
             "{args:?}: {err}"
         );
     }
-    world.cleanup().await;
     Ok(())
 }
 

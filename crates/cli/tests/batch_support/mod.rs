@@ -146,16 +146,22 @@ impl World {
     pub fn json(&self, args: &[&str]) -> Result<Value> {
         last_json(&self.run(args)?)
     }
+}
 
-    /// Drops the test's ClickHouse database.
-    pub async fn cleanup(&self) {
-        let _ = self
-            .ch
-            .execute(
-                "drop test database",
-                &format!("DROP DATABASE IF EXISTS {}", self.database),
-            )
-            .await;
+/// Drops the test's ClickHouse database, whether the test passed or not.
+impl Drop for World {
+    fn drop(&mut self) {
+        // On a thread of its own: drop runs inside the test's runtime, which cannot block.
+        let ch = self.ch.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {}", self.database);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(ch.execute("drop test database", &sql))?;
+            anyhow::Ok(())
+        })
+        .join();
     }
 }
 
