@@ -7,9 +7,11 @@ and passed in a JSON file:
     {"purchases": [...], "clients": [...], "sellers": [...], "products": [...],
      "days": ["2026-10-01", ...], "timezone": "UTC"}
 
-For each day, in lakeshop's order: the day's arrivals numbered per purchase id (kept as a
-table), conflicting duplicates, ids counted on another day (kept), the joined sales rows (kept,
-and fetched as Arrow: the rows a load would send), then the six aggregates (fetched as Arrow).
+For each day, in lakeshop's order (crates/batch/src/job.rs `build`): the day's arrivals (kept
+as a table), the re-sent ids' arrivals numbered in arrival order (kept), conflicting
+duplicates, the first arrival of each id (kept), ids counted on another day (kept), the joined
+sales rows (kept, and fetched as Arrow: the rows a load would send), then the six aggregates
+(fetched as Arrow; the per-product rows kept for the top products).
 
 Where the SQL differs from lakeshop's (DataFusion) text:
 - `stage.purchases` is `read_parquet(files, hive_partitioning)`: Delta keeps the partition
@@ -29,21 +31,42 @@ import time
 
 import duckdb
 
-DAY_ARRIVALS = """
+DAY_PURCHASES = """
 SELECT purchase_id, client_id, product_id, seller_id, quantity, price, "timestamp", event_date,
-       ingested_at, source_topic, source_partition, source_offset,
-       row_number() OVER (
-           PARTITION BY purchase_id
-           ORDER BY ingested_at, source_topic, source_partition, source_offset
-       ) AS arrival
+       ingested_at, source_topic, source_partition, source_offset
 FROM purchases
 WHERE event_date = $1
 """
 
+RESENT_ARRIVALS = """
+SELECT p.*,
+       row_number() OVER (
+           PARTITION BY p.purchase_id
+           ORDER BY p.ingested_at, p.source_topic, p.source_partition, p.source_offset
+       ) AS arrival
+FROM day_purchases p
+WHERE p.purchase_id IN (
+    SELECT purchase_id FROM day_purchases GROUP BY purchase_id HAVING count(*) > 1
+)
+"""
+
+ARRIVAL_COLUMNS = """purchase_id, client_id, product_id, seller_id, quantity, price,
+       "timestamp", event_date, ingested_at, source_topic, source_partition, source_offset"""
+
+DAY_FIRSTS = f"""
+SELECT {ARRIVAL_COLUMNS}
+FROM day_purchases p
+WHERE NOT EXISTS (SELECT 1 FROM resent_arrivals r WHERE r.purchase_id = p.purchase_id)
+UNION ALL
+SELECT {ARRIVAL_COLUMNS}
+FROM resent_arrivals
+WHERE arrival = 1
+"""
+
 CONFLICTS = """
 SELECT count(*) AS conflicting
-FROM day_arrivals a
-JOIN day_arrivals f ON a.purchase_id = f.purchase_id AND f.arrival = 1
+FROM resent_arrivals a
+JOIN resent_arrivals f ON a.purchase_id = f.purchase_id AND f.arrival = 1
 WHERE a.arrival > 1
   AND NOT (a.client_id = f.client_id
        AND a.product_id = f.product_id
@@ -55,10 +78,9 @@ WHERE a.arrival > 1
 
 CLAIMED_ELSEWHERE = """
 SELECT DISTINCT f.purchase_id
-FROM day_arrivals f
+FROM day_firsts f
 JOIN purchases o ON o.purchase_id = f.purchase_id
-WHERE f.arrival = 1
-  AND o.event_date <> $1
+WHERE o.event_date <> $1
   AND (o.ingested_at < f.ingested_at
        OR (o.ingested_at = f.ingested_at
            AND (o.source_topic < f.source_topic
@@ -91,12 +113,11 @@ SELECT p.purchase_id,
        pr.product_id IS NULL AS unknown_product,
        s.seller_id IS NULL AS unknown_seller,
        date_trunc('hour', p."timestamp") AS hour
-FROM day_arrivals p
+FROM day_firsts p
 LEFT JOIN clients c ON c.client_id = p.client_id
 LEFT JOIN products pr ON pr.product_id = p.product_id
 LEFT JOIN sellers s ON s.seller_id = p.seller_id
-WHERE p.arrival = 1
-  AND NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
+WHERE NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
 ORDER BY p.purchase_id
 """
 
@@ -116,14 +137,16 @@ DAILY_TOTAL = (
 )
 
 
-def daily_by(key, name):
+def daily_by(key, name, extra=""):
     return (
-        f"SELECT event_date, group_key AS {name}, {MEASURES} "
+        f"SELECT event_date, group_key AS {name}, {MEASURES}{extra} "
         f"FROM (SELECT *, {key} AS group_key FROM sales) "
         "GROUP BY event_date, group_key "
         "ORDER BY group_key"
     )
 
+
+PRODUCT_ATTRIBUTES = ", max(product_name) AS product_name, max(category) AS category"
 
 SELLER_KEY = "CASE WHEN unknown_seller THEN 'unknown' ELSE seller_id END"
 CATEGORY_KEY = "CASE WHEN unknown_product THEN 'unknown' ELSE COALESCE(category, 'unknown') END"
@@ -137,10 +160,8 @@ TOP_PRODUCTS = (
     "SELECT event_date, "
     "CAST(row_number() OVER (ORDER BY revenue DESC, product_id) AS BIGINT) AS rank, "
     "product_id, product_name, category, revenue, purchases, items, distinct_clients "
-    "FROM (SELECT event_date, product_id, max(product_name) AS product_name, "
-    f"max(category) AS category, {MEASURES} "
-    "FROM sales WHERE NOT unknown_product "
-    "GROUP BY event_date, product_id "
+    "FROM (SELECT * FROM daily_product "
+    "WHERE product_id <> 'unknown' "
     "ORDER BY revenue DESC, product_id "
     "LIMIT 100) "
     "ORDER BY rank"
@@ -150,10 +171,8 @@ AGGREGATES = [
     DAILY_TOTAL,
     daily_by(SELLER_KEY, "seller_id"),
     daily_by(CATEGORY_KEY, "category"),
-    daily_by(PRODUCT_KEY, "product_id"),
-    HOURLY,
-    TOP_PRODUCTS,
 ]
+DAILY_PRODUCT = daily_by(PRODUCT_KEY, "product_id", PRODUCT_ATTRIBUTES)
 
 
 def files_sql(files):
@@ -179,16 +198,25 @@ def main():
     for day in spec["days"]:
         t = time.perf_counter()
         date = datetime.date.fromisoformat(day)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE day_arrivals AS {DAY_ARRIVALS}", [date])
-        rows_in, firsts = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE arrival = 1) FROM day_arrivals"
-        ).fetchone()
+        con.execute(f"CREATE OR REPLACE TEMP TABLE day_purchases AS {DAY_PURCHASES}", [date])
+        rows_in = con.execute("SELECT count(*) FROM day_purchases").fetchone()[0]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE resent_arrivals AS {RESENT_ARRIVALS}")
         conflicting = con.execute(CONFLICTS).fetchone()[0]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE day_firsts AS {DAY_FIRSTS}")
+        firsts = con.execute("SELECT count(*) FROM day_firsts").fetchone()[0]
+        con.execute("DROP TABLE day_purchases")
+        con.execute("DROP TABLE resent_arrivals")
         con.execute(f"CREATE OR REPLACE TEMP TABLE claimed AS {CLAIMED_ELSEWHERE}", [date])
         counted_on_other_day = con.execute("SELECT count(*) FROM claimed").fetchone()[0]
         con.execute(f"CREATE OR REPLACE TEMP TABLE sales AS {SALES}")
+        con.execute("DROP TABLE day_firsts")
+        con.execute("DROP TABLE claimed")
         sales = con.execute("SELECT * FROM sales").fetch_arrow_table()
         results = [con.execute(q).fetch_arrow_table() for q in AGGREGATES]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE daily_product AS {DAILY_PRODUCT}")
+        results.append(con.execute("SELECT * FROM daily_product").fetch_arrow_table())
+        results.append(con.execute(HOURLY).fetch_arrow_table())
+        results.append(con.execute(TOP_PRODUCTS).fetch_arrow_table())
         total = results[0].to_pylist()
         total = total[0] if total else {}
         days.append(
