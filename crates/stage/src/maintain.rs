@@ -55,6 +55,7 @@ impl Stage {
             let handle = self.open(table).await?;
             match handle
                 .optimize()
+                .with_writer_properties(table.writer_properties())
                 .with_commit_properties(
                     CommitProperties::default().with_max_retries(MAINTENANCE_RETRIES),
                 )

@@ -7,9 +7,9 @@
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::prelude::{col, lit, SessionContext};
 use deltalake::datafusion::scalar::ScalarValue;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::Transaction;
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
 
 use crate::{Error, Result, Stage, Table};
 
@@ -119,14 +119,22 @@ impl Stage {
                 .as_ref()
                 .is_some_and(|w| w.expected != Some(w.version))
             {
-                let new = handle
-                    .write(Vec::new())
-                    .with_save_mode(SaveMode::Append)
-                    .with_commit_properties(props)
+                // A commit of the `txn` action alone (a write needs rows).
+                let err = Self::delta_err("upsert", table);
+                let done = CommitBuilder::from(props)
+                    .build(
+                        Some(snapshot),
+                        handle.log_store(),
+                        DeltaOperation::Write {
+                            mode: SaveMode::Append,
+                            partition_by: None,
+                            predicate: None,
+                        },
+                    )
                     .await
-                    .map_err(Self::delta_err("upsert", table))?;
+                    .map_err(|e| err(e.into()))?;
                 return Ok(UpsertStats {
-                    version: new.version(),
+                    version: u64::try_from(done.version()).ok(),
                     ..Default::default()
                 });
             }
@@ -136,6 +144,7 @@ impl Stage {
             let new = handle
                 .write(batches)
                 .with_save_mode(SaveMode::Append)
+                .with_writer_properties(table.writer_properties())
                 .with_commit_properties(props)
                 .await
                 .map_err(Self::delta_err("upsert", table))?;
@@ -211,6 +220,7 @@ impl Stage {
             .merge(source, on)
             .with_source_alias("source")
             .with_target_alias("target")
+            .with_writer_properties(table.writer_properties())
             .with_commit_properties(props)
             .when_matched_update(|u| {
                 columns.iter().fold(u.predicate(newer), |u, c| {
