@@ -321,6 +321,7 @@ fn run(
             if let Some(e) = state.error.take() {
                 return Err(Error::Internal(e));
             }
+            let mut needs_resync = false;
             if !state.revoked.is_empty() {
                 // Buffered rows of revoked partitions belong to their next owner now.
                 let revoked = std::mem::take(&mut state.revoked);
@@ -329,36 +330,16 @@ fn run(
                         ?revoked,
                         "partitions revoked with unflushed rows; dropping the buffer"
                     );
-                    buf.events.finish()?;
-                    buf.dead.finish()?;
-                    buf.last.clear();
-                    buf.dl_last.clear();
-                    // Re-read the survivors from their committed offsets.
-                    for (p, c) in state.committed.clone() {
-                        let next = c.map(|o| o + 1);
-                        match next {
-                            Some(n) => {
-                                state.next.insert(p, n);
-                                let _ = consumer.seek(
-                                    &config.topic,
-                                    p,
-                                    Offset::Offset((n - RESUME_REWIND).max(0)),
-                                    Duration::from_secs(10),
-                                );
-                            }
-                            None => {
-                                state.next.remove(&p);
-                                let _ = consumer.seek(
-                                    &config.topic,
-                                    p,
-                                    Offset::Beginning,
-                                    Duration::from_secs(10),
-                                );
-                            }
-                        }
-                    }
+                    // The buffer mixes partitions: drop all of it and re-read the
+                    // partitions still assigned from the stage's offsets.
+                    needs_resync = true;
                 }
                 eof.retain(|p| !revoked.contains(p));
+            }
+            if needs_resync {
+                drop(state);
+                resync(&consumer, &mut buf, config)?;
+                continue;
             }
             match polled {
                 Some(Ok(m)) => {
@@ -519,6 +500,23 @@ fn resync(
     Ok(())
 }
 
+/// What one commit moves: the last buffered offset of each partition, and the offset the
+/// writer last saw committed (checked by the commit).
+fn offset_commits(
+    topic: &str,
+    last: &BTreeMap<i32, i64>,
+    committed: &LastOffsets,
+) -> Vec<OffsetCommit> {
+    last.iter()
+        .map(|(p, last)| OffsetCommit {
+            topic: topic.to_string(),
+            partition: *p,
+            expected: committed.get(p).copied().flatten(),
+            last: *last,
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn flush(
     consumer: &BaseConsumer<Ctx>,
@@ -542,16 +540,7 @@ fn flush(
     if !buf.dead.is_empty() {
         let batch = buf.dead.finish()?;
         let n = batch.num_rows() as u64;
-        let offsets: Vec<OffsetCommit> = buf
-            .dl_last
-            .iter()
-            .map(|(p, last)| OffsetCommit {
-                topic: topic.to_string(),
-                partition: *p,
-                expected: dl_committed.get(p).copied().flatten(),
-                last: *last,
-            })
-            .collect();
+        let offsets = offset_commits(topic, &buf.dl_last, &dl_committed);
         ctx.runtime
             .block_on(stage.append(Table::DeadLetters, dl_handle, vec![batch], &offsets))?;
         let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -563,16 +552,7 @@ fn flush(
     }
     let batch = buf.events.finish()?;
     let n = batch.num_rows() as u64;
-    let offsets: Vec<OffsetCommit> = buf
-        .last
-        .iter()
-        .map(|(p, last)| OffsetCommit {
-            topic: topic.to_string(),
-            partition: *p,
-            expected: committed.get(p).copied().flatten(),
-            last: *last,
-        })
-        .collect();
+    let offsets = offset_commits(topic, &buf.last, &committed);
     let version = ctx
         .runtime
         .block_on(stage.append(table, handle, vec![batch], &offsets))?;

@@ -9,6 +9,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::record_batch::RecordBatch;
 use lakeshop_model::{arrow_schema, money, parse_interaction, parse_purchase, Rejection};
 use std::sync::Arc;
+use uuid::Uuid;
 
 /// Where a record came from.
 #[derive(Debug, Clone, Copy)]
@@ -108,10 +109,14 @@ impl EventRows {
             EventKind::Purchases => {
                 let p = parse_purchase(payload, now)?;
                 let day = p.timestamp.with_timezone(&self.tz).date_naive();
-                self.ids[0].append_value(p.purchase_id.hyphenated().to_string());
-                self.ids[1].append_value(p.client_id.hyphenated().to_string());
-                self.ids[2].append_value(p.product_id.hyphenated().to_string());
-                self.ids[3].append_option(p.seller_id.map(|s| s.hyphenated().to_string()));
+                let mut buf = Uuid::encode_buffer();
+                self.ids[0].append_value(p.purchase_id.hyphenated().encode_lower(&mut buf));
+                self.ids[1].append_value(p.client_id.hyphenated().encode_lower(&mut buf));
+                self.ids[2].append_value(p.product_id.hyphenated().encode_lower(&mut buf));
+                match p.seller_id {
+                    Some(s) => self.ids[3].append_value(s.hyphenated().encode_lower(&mut buf)),
+                    None => self.ids[3].append_null(),
+                }
                 self.quantity.append_value(p.quantity as i32);
                 self.price.append_value(money::to_decimal128(p.price));
                 (p.timestamp, day)
@@ -119,9 +124,10 @@ impl EventRows {
             EventKind::Interactions => {
                 let i = parse_interaction(payload, now)?;
                 let day = i.timestamp.with_timezone(&self.tz).date_naive();
-                self.ids[0].append_value(i.event_id.hyphenated().to_string());
-                self.ids[1].append_value(i.client_id.hyphenated().to_string());
-                self.ids[2].append_value(i.product_id.hyphenated().to_string());
+                let mut buf = Uuid::encode_buffer();
+                self.ids[0].append_value(i.event_id.hyphenated().encode_lower(&mut buf));
+                self.ids[1].append_value(i.client_id.hyphenated().encode_lower(&mut buf));
+                self.ids[2].append_value(i.product_id.hyphenated().encode_lower(&mut buf));
                 self.kind_col.append_value(i.kind.as_str());
                 (i.timestamp, day)
             }
