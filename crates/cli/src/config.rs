@@ -94,6 +94,9 @@ pub struct PostgresConfig {
     pub sellers_table: String,
     /// Column incremental extracts follow. Default `updated_at`.
     pub watermark_column: String,
+    /// Rows per stage commit of `extract clients|sellers`; an interrupted incremental
+    /// extract resumes from its last commit. Default 1,000,000.
+    pub commit_rows: usize,
 }
 
 impl Default for PostgresConfig {
@@ -104,6 +107,7 @@ impl Default for PostgresConfig {
             clients_table: "clients".into(),
             sellers_table: "sellers".into(),
             watermark_column: "updated_at".into(),
+            commit_rows: 1_000_000,
         }
     }
 }
@@ -437,6 +441,9 @@ impl Config {
         }
         if self.stage.uri.is_empty() {
             bail!("stage.uri: empty");
+        }
+        if self.postgres.commit_rows == 0 {
+            bail!("postgres.commit_rows: must be at least 1");
         }
         if self.stage.flush_max_rows == 0 {
             bail!("stage.flush_max_rows: must be at least 1");

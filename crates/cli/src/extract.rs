@@ -50,7 +50,7 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
 
 /// One JSON line per source on stdout: what schedulers and tests read.
 fn print(summary: serde_json::Value) -> Result<ExitCode> {
-    println!("{summary}");
+    outln!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -92,8 +92,8 @@ async fn dimension(
         watermark_column: config.postgres.watermark_column.clone(),
         full: args.full,
         dry_run: args.dry_run,
-        batch_rows: 65_536,
-        commit_rows: 1_000_000,
+        batch_rows: config.postgres.commit_rows.min(65_536),
+        commit_rows: config.postgres.commit_rows,
         overlap: lakeshop_sources::postgres::DEFAULT_OVERLAP,
         progress: progress.clone(),
     };

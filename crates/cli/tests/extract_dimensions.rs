@@ -2,7 +2,7 @@
 //! folder stage and an `s3://` stage: the first run stages every row; after 100 clients
 //! change, 10 are soft-deleted and a new product table version changes 50 products, the next
 //! run moves exactly those rows; `--full` finds hard deletes; a column added to the source
-//! product table does not fail the extract.
+//! product table does not fail the extract; a first load killed midway is read again whole.
 
 mod common;
 
@@ -279,4 +279,114 @@ async fn dimensions_into_an_s3_stage() -> Result<()> {
         lakeshop_testkit::unique("stage")
     ))
     .await
+}
+
+/// Commit files in a local Delta table's log.
+fn commits(table: &std::path::Path) -> usize {
+    std::fs::read_dir(table.join("_delta_log")).map_or(0, |d| {
+        d.filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    })
+}
+
+/// A first load SIGKILLed after some of its commits is run again: the rerun stages every
+/// client exactly once and ends with the real watermark, the largest `updated_at`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_first_load_is_read_again_whole() -> Result<()> {
+    const CLIENTS: i64 = 40_000;
+    let db = lakeshop_testkit::fresh_database("dims_kill").await?;
+    let dir = tempfile::tempdir()?;
+    let stage = dir.path().join("stage");
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\ntls = \"disable\"\ncommit_rows = 5000\n[stage]\nuri = \"{}\"\n",
+            lakeshop_testkit::unique("p"),
+            stage.display(),
+        ),
+    )?;
+    lakeshop(
+        &pipeline,
+        &[
+            "gen",
+            "--clients",
+            &CLIENTS.to_string(),
+            "--sellers",
+            "10",
+            "--only",
+            "postgres",
+            "--seed",
+            "9",
+            "--quiet",
+            "--truth",
+            &dir.path().join("truth.json").to_string_lossy(),
+        ],
+    )?;
+
+    // Kill the first load once a few commits landed, well before its end.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("--config")
+        .arg(&pipeline)
+        .args(["extract", "clients", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let table = stage.join("clients");
+    let started = std::time::Instant::now();
+    while commits(&table) < 3 && started.elapsed() < std::time::Duration::from_secs(60) {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill()?;
+    child.wait()?;
+    let staged = counts(
+        &stage.to_string_lossy(),
+        "clients",
+        "SELECT 'n', count(*) FROM clients",
+    )
+    .await?;
+    let partial = staged.get("n").copied().unwrap_or(0);
+    assert!(
+        partial > 0 && partial < CLIENTS,
+        "the kill should land mid-load, but {partial} of {CLIENTS} rows were staged"
+    );
+
+    let rerun = lakeshop(&pipeline, &["extract", "clients", "--quiet"])?;
+    assert_eq!(num(&rerun, "read"), CLIENTS, "{rerun}");
+    assert_eq!(
+        num(&rerun, "inserted") + partial,
+        CLIENTS,
+        "the rerun inserts exactly what the killed run did not stage: {rerun}"
+    );
+    let after = counts(
+        &stage.to_string_lossy(),
+        "clients",
+        "SELECT 'n', count(*) FROM clients UNION ALL SELECT 'ids', count(DISTINCT client_id) FROM clients",
+    )
+    .await?;
+    assert_eq!(after.get("n"), Some(&CLIENTS), "{after:?}");
+    assert_eq!(after.get("ids"), Some(&CLIENTS), "{after:?}");
+
+    // The watermark is the source's largest updated_at, so the next run reads only the
+    // overlap.
+    let pg = lakeshop_testkit::pg(&db).await?;
+    let max: chrono::DateTime<chrono::Utc> = pg
+        .query_one("SELECT max(updated_at) FROM clients", &[])
+        .await?
+        .get(0);
+    let watermark = rerun["watermark"]
+        .as_str()
+        .and_then(|w| chrono::DateTime::parse_from_rfc3339(w).ok());
+    assert_eq!(watermark, Some(max.fixed_offset()), "{rerun}");
+    let next = lakeshop(&pipeline, &["extract", "clients", "--quiet"])?;
+    assert_eq!(
+        (num(&next, "inserted"), num(&next, "updated")),
+        (0, 0),
+        "{next}"
+    );
+    assert!(num(&next, "read") < CLIENTS, "{next}");
+    Ok(())
 }

@@ -10,6 +10,12 @@
 //! change are no-ops of the upsert. `full` reads every row and marks rows the source no longer
 //! has as deleted (hard deletes; soft deletes arrive as ordinary updates).
 //!
+//! Incremental runs read in watermark order and every commit is a resume point. A first
+//! load reads the table unordered (no sort before the first row) and commits in chunks, each
+//! written in the background while the next rows are read; its watermark is committed with
+//! the last chunk, so an interrupted first load is read again whole, and what it staged
+//! merges as no-ops.
+//!
 //! The watermark value reaches the server as a bind parameter (`set_config`), never as SQL
 //! text; table and column names come from the pipeline file and are quoted as identifiers.
 
@@ -141,6 +147,16 @@ pub struct PgExtractStats {
     /// The watermark after the run, microseconds since the epoch (UTC).
     pub watermark: Option<i64>,
 }
+
+/// The watermark a first load records while it is under way: the rows are read in no
+/// particular order (sorting a whole table first would only delay the first row), so no
+/// real watermark can be committed until the last row is in. A run that finds it reads the
+/// whole table again; what the interrupted load staged merges as no-ops.
+const LOADING: i64 = i64::MIN;
+
+/// First loads (into an empty table) commit every this many rows, each commit written
+/// while the next rows are read.
+const APPEND_COMMIT_ROWS: usize = 262_144;
 
 /// Default overlap of incremental runs.
 pub const DEFAULT_OVERLAP: Duration = Duration::from_secs(300);
@@ -325,6 +341,15 @@ impl Batcher {
     }
 }
 
+/// The result of a background commit.
+async fn joined(
+    h: tokio::task::JoinHandle<lakeshop_stage::Result<UpsertStats>>,
+) -> Result<UpsertStats> {
+    h.await
+        .map_err(|e| Error::Internal(format!("stage commit task: {e}")))?
+        .map_err(Error::from)
+}
+
 /// Runs one extract of a dimension into the stage.
 pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtractStats> {
     let table = source.dimension.table();
@@ -370,7 +395,8 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
         .collect::<Vec<_>>()
         .join(", ");
     let wm_col = quote_ident(&source.watermark_column);
-    let incremental_since = match (source.full, committed) {
+    let resumable = committed.filter(|w| *w != LOADING);
+    let incremental_since = match (source.full, resumable) {
         (false, Some(micros)) => {
             let overlap = i64::try_from(source.overlap.as_micros()).unwrap_or(i64::MAX);
             chrono::DateTime::from_timestamp_micros(micros.saturating_sub(overlap))
@@ -391,14 +417,9 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
                 quote_ident(key)
             )
         }
-        None if source.full => format!(
+        None => format!(
             "COPY (SELECT {select_list} FROM {}) TO STDOUT (FORMAT binary)",
             quote_ident(src)
-        ),
-        None => format!(
-            "COPY (SELECT {select_list} FROM {} ORDER BY {wm_col}, {}) TO STDOUT (FORMAT binary)",
-            quote_ident(src),
-            quote_ident(key)
         ),
     };
     tracing::info!(table = table.name(), source = %src, full = source.full, since = ?incremental_since, "extracting");
@@ -430,23 +451,34 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
     let mut expected = committed;
     let deleted_at = chrono::Utc::now().timestamp_micros();
 
-    let commit = |batches: Vec<RecordBatch>, wm: Option<i64>, expected: Option<i64>, last: bool| {
-        let upsert = Upsert {
-            update_when: if known_new {
-                UpdateWhen::NewerOrEqual
-            } else {
-                UpdateWhen::Newer
-            },
-            mark_missing_deleted: (source.full && last).then_some(deleted_at),
-            watermark: wm.map(|version| Watermark {
-                app_id: app_id.clone(),
-                expected,
-                version,
-            }),
-            known_new,
-        };
-        async move { stage.upsert(table, batches, &upsert).await }
+    let upsert = |wm: Option<i64>, expected: Option<i64>, last: bool| Upsert {
+        update_when: if known_new {
+            UpdateWhen::NewerOrEqual
+        } else {
+            UpdateWhen::Newer
+        },
+        mark_missing_deleted: (source.full && last).then_some(deleted_at),
+        watermark: wm.map(|version| Watermark {
+            app_id: app_id.clone(),
+            expected,
+            version,
+        }),
+        known_new,
     };
+    // Incremental runs read in watermark order, so every commit is a resume point. Other
+    // runs (first loads, and a run after an interrupted first load) read unordered and
+    // commit `LOADING` until the last commit; `--full` commits once, as marking deletions
+    // needs every id.
+    let ordered = incremental_since.is_some();
+    let commit_rows = if source.full {
+        usize::MAX
+    } else if known_new {
+        source.commit_rows.min(APPEND_COMMIT_ROWS)
+    } else {
+        source.commit_rows
+    };
+    // One commit at a time runs in the background while the next rows are read.
+    let mut in_flight: Option<tokio::task::JoinHandle<lakeshop_stage::Result<UpsertStats>>> = None;
     let add = |stats: &mut PgExtractStats, s: UpsertStats| {
         stats.inserted += s.inserted;
         stats.updated += s.updated;
@@ -471,11 +503,17 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
             }
             pending.push(batch);
             source.progress.store(stats.read, Ordering::Relaxed);
-            // Incremental runs read in watermark order, so a commit here is a resume point.
-            if !source.full && pending_rows >= source.commit_rows {
-                let s = commit(std::mem::take(&mut pending), max_wm, expected, false).await?;
-                add(&mut stats, s);
-                expected = max_wm;
+            if pending_rows >= commit_rows {
+                if let Some(h) = in_flight.take() {
+                    add(&mut stats, joined(h).await?);
+                }
+                let wm = if ordered { max_wm } else { Some(LOADING) };
+                let batches = std::mem::take(&mut pending);
+                let (stage, upsert) = (stage.clone(), upsert(wm, expected, false));
+                in_flight = Some(tokio::spawn(async move {
+                    stage.upsert(table, batches, &upsert).await
+                }));
+                expected = wm;
                 pending_rows = 0;
             }
         }
@@ -489,7 +527,12 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
         stats.watermark = max_wm;
         return Ok(stats);
     }
-    let s = commit(pending, max_wm, expected, true).await?;
+    if let Some(h) = in_flight.take() {
+        add(&mut stats, joined(h).await?);
+    }
+    let s = stage
+        .upsert(table, pending, &upsert(max_wm, expected, true))
+        .await?;
     add(&mut stats, s);
     tx.commit().await.map_err(pg_err(src))?;
     stats.watermark = max_wm;
