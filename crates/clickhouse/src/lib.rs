@@ -5,19 +5,19 @@
 //!   [`migrate::MIGRATIONS`]) in order and records each file once applied.
 //! - [`ClickHouse::replace_day`] swaps one business day of the batch tables in atomically
 //!   per table (`ALTER TABLE ... REPLACE PARTITION` from a load table), from Arrow batches
-//!   encoded as `RowBinary` and checked against `DESCRIBE TABLE` first.
+//!   encoded as `Native` blocks and checked against `DESCRIBE TABLE` first.
 //! - [`ClickHouse::report`] runs the canned reports.
 //!
 //! Server versions: [`ClickHouse::server_version`] reads `SELECT version()` and refuses
 //! servers older than [`MIN_SERVER`]. The one difference lakeshop meets, typed-row
 //! validation needing `RowBinaryWithNamesAndTypes` (not in 18.16), is avoided on every
-//! version: plain `RowBinary` plus lakeshop's own column check.
+//! version: loads go as `Native` blocks with lakeshop's own column check.
 
 mod config;
 mod error;
 pub mod migrate;
+mod native;
 pub mod report;
-mod rowbinary;
 pub mod sink;
 mod tsv;
 

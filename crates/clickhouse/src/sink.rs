@@ -13,7 +13,7 @@ use chrono::NaiveDate;
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::config::check_identifier;
-use crate::rowbinary::{ChType, Encoder};
+use crate::native::{Encoder, TableColumn};
 use crate::{ClickHouse, Error, Result};
 
 /// The rows of one day for one table.
@@ -24,8 +24,11 @@ pub struct TableRows {
     pub batches: Vec<RecordBatch>,
 }
 
-/// Rows sent per chunk of an insert.
+/// Bytes sent per chunk of an insert.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// Rows per `Native` block (the server squashes blocks into parts itself).
+const BLOCK_ROWS: usize = 8192;
 
 /// Load tables older than this are left-overs of a crashed run and are dropped.
 const STALE_LOAD_HOURS: u32 = 24;
@@ -121,7 +124,7 @@ impl ClickHouse {
         Ok(counts)
     }
 
-    /// Inserts `batches` into `into` as `RowBinary`, checked against the columns of
+    /// Inserts `batches` into `into` as `Native` blocks, checked against the columns of
     /// `table`. Returns the rows sent.
     pub(crate) async fn insert_arrow(
         &self,
@@ -129,21 +132,21 @@ impl ClickHouse {
         into: &str,
         batches: &[RecordBatch],
     ) -> Result<u64> {
-        let described = self.columns(table).await?;
-        let columns: Vec<(String, ChType)> = described
+        let columns: Vec<TableColumn> = self
+            .columns(table)
+            .await?
             .into_iter()
-            .map(|(name, ty)| match ChType::parse(&ty) {
-                Some(t) => Ok((name, t)),
-                None => Err(Error::Schema {
+            .map(|(name, ty)| {
+                TableColumn::parse(&name, &ty).ok_or_else(|| Error::Schema {
                     table: table.to_string(),
                     column: name,
                     message: format!("type {ty} is not one lakeshop writes"),
-                }),
+                })
             })
             .collect::<Result<_>>()?;
         let names = columns
             .iter()
-            .map(|(n, _)| n.as_str())
+            .map(|c| c.name.as_str())
             .collect::<Vec<_>>()
             .join(", ");
         let encoder = Encoder::new(table, &columns);
@@ -154,19 +157,19 @@ impl ClickHouse {
         let operation = format!("insert into {into}");
         let mut insert = self
             .client
-            .insert_formatted_with(format!("INSERT INTO {into} ({names}) FORMAT RowBinary"));
-        let mut buf = Vec::with_capacity(CHUNK_BYTES + (1 << 16));
+            .insert_formatted_with(format!("INSERT INTO {into} ({names}) FORMAT Native"));
+        let mut buf = Vec::with_capacity(CHUNK_BYTES + (1 << 20));
         for batch in batches {
-            // Encode in slices so one chunk stays near CHUNK_BYTES.
+            // A block per slice, so one chunk stays near CHUNK_BYTES.
             let mut offset = 0;
             while offset < batch.num_rows() {
-                let len = (batch.num_rows() - offset).min(8192);
+                let len = (batch.num_rows() - offset).min(BLOCK_ROWS);
                 encoder.encode(&batch.slice(offset, len), &mut buf)?;
                 offset += len;
                 if buf.len() >= CHUNK_BYTES {
                     let chunk = bytes::Bytes::from(std::mem::take(&mut buf));
                     insert.send(chunk).await.map_err(Error::query(&operation))?;
-                    buf.reserve(CHUNK_BYTES + (1 << 16));
+                    buf.reserve(CHUNK_BYTES + (1 << 20));
                 }
             }
         }
