@@ -24,6 +24,10 @@ use crate::{Error, Result};
 /// Longest range one run accepts (ten years), against typos like `--from 2016`.
 pub const MAX_DAYS: i64 = 3660;
 
+/// Days whose multi-day arrivals `run_days` prepares together (one read of the whole
+/// stage per window; memory follows the window's purchases).
+pub const PREPARE_WINDOW_DAYS: usize = 7;
+
 /// The ClickHouse tables a day is written to.
 pub const CLICKHOUSE_TABLES: [&str; 7] = [
     "sales",
@@ -109,6 +113,8 @@ pub struct BatchJob {
     clickhouse: ClickHouse,
     options: BatchOptions,
     ctx: SessionContext,
+    /// The window of days `multi_day_arrivals` is prepared for.
+    prepared: std::sync::Mutex<Option<(NaiveDate, NaiveDate)>>,
 }
 
 impl std::fmt::Debug for BatchJob {
@@ -143,18 +149,50 @@ impl BatchJob {
             clickhouse,
             options,
             ctx,
+            prepared: std::sync::Mutex::new(None),
         })
     }
 
     /// Runs `days` in order, stopping at the first failure. Returns the summaries of the
     /// days done and the failure, if any.
+    ///
+    /// While one day is written (`stage.sales` and ClickHouse), the next day is built: the
+    /// query and the loads use different resources, so a range takes about the longer of
+    /// the two rather than their sum. Days still land in order, each on its own.
     pub async fn run_days(
         &self,
         days: &[NaiveDate],
     ) -> (Vec<DaySummary>, Option<(NaiveDate, Error)>) {
         let mut done = Vec::with_capacity(days.len());
-        for &day in days {
-            match self.run_day(day).await {
+        let mut writing: Option<(NaiveDate, Timed<Built>)> = None;
+        for (i, &day) in days.iter().enumerate() {
+            if i % PREPARE_WINDOW_DAYS == 0 {
+                let window = &days[i..days.len().min(i + PREPARE_WINDOW_DAYS)];
+                let last = window.last().copied().unwrap_or(day);
+                if let Err(e) = self.prepare(day, last).await {
+                    return (done, Some((day, e)));
+                }
+            }
+            let (built, written) = match writing.take() {
+                None => (self.timed_build(day).await, None),
+                Some((prev, b)) => {
+                    let (built, written) = futures::join!(self.timed_build(day), self.write(b));
+                    (built, Some((prev, written)))
+                }
+            };
+            if let Some((prev, written)) = written {
+                match written {
+                    Ok(s) => done.push(s),
+                    Err(e) => return (done, Some((prev, e))),
+                }
+            }
+            match built {
+                Ok(b) => writing = Some((day, b)),
+                Err(e) => return (done, Some((day, e))),
+            }
+        }
+        if let Some((day, b)) = writing {
+            match self.write(b).await {
                 Ok(s) => done.push(s),
                 Err(e) => return (done, Some((day, e))),
             }
@@ -164,26 +202,49 @@ impl BatchJob {
 
     /// Builds one day into `stage.sales` and replaces it in ClickHouse.
     pub async fn run_day(&self, day: NaiveDate) -> Result<DaySummary> {
+        let built = self.timed_build(day).await?;
+        self.write(built).await
+    }
+
+    async fn timed_build(&self, day: NaiveDate) -> Result<Timed<Built>> {
         let started = Instant::now();
-        let built = self.build(day).await?;
-        let query_seconds = started.elapsed().as_secs_f64();
+        let value = self.build(day).await?;
+        Ok(Timed {
+            started,
+            seconds: started.elapsed().as_secs_f64(),
+            value,
+        })
+    }
 
-        let t = Instant::now();
-        let mut sales = built.sales.clone();
-        if sales.is_empty() {
-            sales.push(RecordBatch::new_empty(arrow_schema::stage_sale()));
-        }
-        // The predicate names the day from a typed date: digits and dashes only.
-        let predicate = format!("event_date = '{}'", day.format("%Y-%m-%d"));
-        let stage_version = self
-            .stage
-            .replace_where(Table::Sales, sales, &predicate)
-            .await?;
-        let stage_seconds = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let loaded = self.clickhouse.replace_day(day, &built.tables).await?;
-        let clickhouse_seconds = t.elapsed().as_secs_f64();
+    /// Writes a built day: `stage.sales` and ClickHouse at the same time (both are
+    /// replaced whole, and a failure of either fails the day).
+    async fn write(&self, built: Timed<Built>) -> Result<DaySummary> {
+        let Timed {
+            started,
+            seconds: query_seconds,
+            value: built,
+        } = built;
+        let day = built.summary.date;
+        let stage = async {
+            let t = Instant::now();
+            let mut sales = built.sales.clone();
+            if sales.is_empty() {
+                sales.push(RecordBatch::new_empty(arrow_schema::stage_sale()));
+            }
+            let predicate = format!("event_date = '{}'", day.format("%Y-%m-%d"));
+            let version = self
+                .stage
+                .replace_where(Table::Sales, sales, &predicate)
+                .await?;
+            Ok::<_, Error>((version, t.elapsed().as_secs_f64()))
+        };
+        let clickhouse = async {
+            let t = Instant::now();
+            let loaded = self.clickhouse.replace_day(day, &built.tables).await?;
+            Ok::<_, Error>((loaded, t.elapsed().as_secs_f64()))
+        };
+        let ((stage_version, stage_seconds), (loaded, clickhouse_seconds)) =
+            futures::try_join!(stage, clickhouse)?;
 
         let s = DaySummary {
             date: day,
@@ -219,7 +280,61 @@ impl BatchJob {
     }
 
     /// The day's sales rows and ClickHouse rows, without writing anything.
+    /// Reads, for the days `from..=to`, the arrivals that can make a purchase count on
+    /// another day ([`sql::MULTI_DAY_ARRIVALS`]); [`BatchJob::build`] of a day outside the
+    /// prepared window prepares that day alone. `run_days` prepares a window of up to
+    /// [`PREPARE_WINDOW_DAYS`] days at a time, reading the whole stage once per window.
+    pub async fn prepare(&self, from: NaiveDate, to: NaiveDate) -> Result<()> {
+        let step = "find purchases staged on more than one day";
+        let err = |source| Error::Query {
+            day: from,
+            step,
+            source: Box::new(source),
+        };
+        let started = Instant::now();
+        let df = self
+            .ctx
+            .sql(sql::MULTI_DAY_ARRIVALS)
+            .await
+            .map_err(err)?
+            .with_param_values(vec![
+                ScalarValue::Date32(Some(date32(from))),
+                ScalarValue::Date32(Some(date32(to))),
+            ])
+            .map_err(err)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches: Vec<RecordBatch> = df
+            .collect()
+            .await
+            .map_err(err)?
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .collect();
+        tracing::debug!(
+            %from,
+            %to,
+            rows = count_rows(&batches),
+            seconds = started.elapsed().as_secs_f64(),
+            "{step}"
+        );
+        let table = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+        let _ = self.ctx.deregister_table("multi_day_arrivals");
+        self.ctx
+            .register_table("multi_day_arrivals", Arc::new(table))
+            .map_err(err)?;
+        *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some((from, to));
+        Ok(())
+    }
+
     pub async fn build(&self, day: NaiveDate) -> Result<Built> {
+        let covered = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|(from, to)| from <= day && day <= to);
+        if !covered {
+            self.prepare(day, day).await?;
+        }
         // The day's arrivals, kept in memory for the next steps.
         let arrivals = self.sql(day, "read purchases", sql::DAY_PURCHASES).await?;
         let rows_in = count_rows(&arrivals);
@@ -341,6 +456,14 @@ impl BatchJob {
 }
 
 /// A day built in memory: `stage.sales` rows, the ClickHouse rows per table, the counts.
+/// A value and when its making started and how long it took.
+#[derive(Debug)]
+struct Timed<T> {
+    started: Instant,
+    seconds: f64,
+    value: T,
+}
+
 #[derive(Debug, Clone)]
 pub struct Built {
     pub sales: Vec<RecordBatch>,

@@ -67,13 +67,32 @@ WHERE a.arrival > 1
        AND a."timestamp" = f."timestamp")
 "#;
 
+/// Every arrival, on any day of `stage.purchases`, of the purchase ids staged on the days
+/// `$1..=$2` and on more than one day (a copy sent again with another timestamp): the only
+/// rows that can make one of those days' purchases count on another day. Prepared once for
+/// a window of days: every day of the stage is read, so the answer does not depend on which
+/// days a run covers, and each day then looks only at these few rows. Memory follows the
+/// window, not the stage's whole history.
+pub(crate) const MULTI_DAY_ARRIVALS: &str = r#"
+SELECT purchase_id, event_date, ingested_at, source_topic, source_partition, source_offset
+FROM purchases
+WHERE purchase_id IN (
+    SELECT o.purchase_id
+    FROM purchases o
+    WHERE o.purchase_id IN (
+        SELECT purchase_id FROM purchases WHERE event_date BETWEEN $1 AND $2
+    )
+    GROUP BY o.purchase_id
+    HAVING min(o.event_date) <> max(o.event_date)
+)
+"#;
+
 /// Purchase ids of the day whose first arrival is on another day (a copy with another
-/// timestamp arrived earlier): they count on that day, not this one. Looks at every day of
-/// `stage.purchases`, so the answer does not depend on which days a run covers.
+/// timestamp arrived earlier): they count on that day, not this one.
 pub(crate) const CLAIMED_ELSEWHERE: &str = r#"
 SELECT DISTINCT f.purchase_id
 FROM day_firsts f
-JOIN purchases o ON o.purchase_id = f.purchase_id
+JOIN multi_day_arrivals o ON o.purchase_id = f.purchase_id
 WHERE o.event_date <> $1
   AND (o.ingested_at < f.ingested_at
        OR (o.ingested_at = f.ingested_at

@@ -540,6 +540,8 @@ async fn lakeshop_build(
         },
     )
     .await?;
+    // As `batch run` over these days: one window (the bench's 7 days).
+    job.prepare(days[0], days[days.len() - 1]).await?;
     let mut out = Vec::new();
     for &day in days {
         let t = Instant::now();
