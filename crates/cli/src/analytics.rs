@@ -63,7 +63,7 @@ pub async fn migrate(config: &Config) -> Result<ExitCode> {
         .migrate(&Migration::all()?)
         .await
         .with_context(|| format!("migrate {} at {}", ch.database(), config.clickhouse.url))?;
-    println!(
+    outln!(
         "{}",
         serde_json::json!({
             "server_version": report.server_version,
@@ -115,9 +115,9 @@ async fn run_days(config: &Config, from: NaiveDate, to: NaiveDate, json: bool) -
         };
     let summary = RunSummary::new(from, to, options.pii, done, error, started);
     if json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?);
     } else {
-        print!("{}", summary.text());
+        out!("{}", summary.text());
     }
     match &summary.error {
         Some(e) => {
@@ -259,7 +259,7 @@ pub async fn report(config: &Config, cmd: ReportCommand) -> Result<ExitCode> {
         "csv" => as_csv(&table),
         _ => as_table(&table),
     };
-    print!("{text}");
+    out!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 

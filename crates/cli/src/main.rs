@@ -1,6 +1,21 @@
 //! `lakeshop`: the one binary. Loads the pipeline file and `.env`, sets up tracing and hands
 //! each command to its library crate; wiring only.
 
+/// `println!` that returns the write error instead of panicking: a reader that went away
+/// (`lakeshop report ... | head`) ends the command quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// `print!` that returns the write error instead of panicking (see [`outln`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))?
+    };
+}
+
 mod analytics;
 mod config;
 mod extract;
@@ -378,6 +393,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -408,6 +424,22 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Writes to stdout (see [`outln`]).
+fn write_stdout(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(args)?;
+    stdout.flush()
+}
+
+/// Whether `e` is stdout's reader having gone away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn not_built(what: &str) -> ExitCode {
     eprintln!("lakeshop {what}: not built yet in this release");
     ExitCode::from(EXIT_NOT_BUILT)
@@ -418,7 +450,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Validate { file } => {
             let path = file.unwrap_or(cli.config);
             let config = Config::load(&path)?;
-            println!(
+            outln!(
                 "{}: ok (pipeline {:?}, time zone {}, stage {}, {} topics)",
                 path.display(),
                 config.pipeline.name,

@@ -18,7 +18,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("optimize {}", table.name()))?;
                 if !args.json {
-                    println!(
+                    outln!(
                         "{:<14} files -{} +{}  partitions {}  checkpoint at version {}",
                         r.table,
                         r.files_removed,
@@ -31,7 +31,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                 out.push(r);
             }
             if args.json {
-                println!("{}", serde_json::to_string(&out)?);
+                outln!("{}", serde_json::to_string(&out)?);
             }
         }
         StageCommand::Vacuum(args) => {
@@ -42,7 +42,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("vacuum {}", table.name()))?;
                 if !args.tables.json {
-                    println!(
+                    outln!(
                         "{:<14} {} files {}",
                         r.table,
                         r.files_deleted,
@@ -56,7 +56,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                 out.push(r);
             }
             if args.tables.json {
-                println!("{}", serde_json::to_string(&out)?);
+                outln!("{}", serde_json::to_string(&out)?);
             }
         }
         StageCommand::Show(args) => {
@@ -71,11 +71,15 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                 );
             }
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
-                println!(
+                outln!(
                     "{:<14} {:>8} {:>7} {:>12} {:>12}  positions",
-                    "table", "version", "files", "rows", "bytes"
+                    "table",
+                    "version",
+                    "files",
+                    "rows",
+                    "bytes"
                 );
                 for t in &out {
                     let positions = t
@@ -84,7 +88,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect::<Vec<_>>()
                         .join(" ");
-                    println!(
+                    outln!(
                         "{:<14} {:>8} {:>7} {:>12} {:>12}  {}",
                         t.table,
                         t.version.map_or_else(|| "-".into(), |v| v.to_string()),

@@ -211,3 +211,20 @@ fn help_shows_the_whole_command_tree_and_unbuilt_commands_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
 }
+
+/// A reader that went away (`lakeshop ... | head`) ends a command quietly: exit 0 and no
+/// panic, rather than Rust's "failed printing to stdout" panic.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("validate")
+        .arg(root().join("pipelines/shop.toml"))
+        .stdout(writer)
+        .output()
+        .expect("runs lakeshop");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
