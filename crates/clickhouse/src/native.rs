@@ -278,7 +278,7 @@ impl<'a> Encoder<'a> {
 
     fn value(&self, c: &Column, row: usize, out: &mut Vec<u8>) -> Result<()> {
         let range =
-            |what: String| self.err(&c.name, format!("{what} is out of range for {:?}", c.ty));
+            |what: String| self.err(c.name, format!("{what} is out of range for {:?}", c.ty));
         match (&c.values, &c.ty) {
             (Values::Str(a), _) => string(a.value(row).as_bytes(), out),
             (Values::Bool(a), ty) => write_int(i128::from(a.value(row)), ty, out)

@@ -354,10 +354,10 @@ impl Stage {
         .with_actions(actions)
         .build(Some(snapshot), handle.log_store(), operation)
         .await
-        .map_err(|e| err(e.into()))?;
+        .map_err(err)?;
         let version = done.version();
         handle.state = Some(done.snapshot());
-        Ok(u64::try_from(version).unwrap_or_default())
+        Ok(version)
     }
 }
 

@@ -132,9 +132,9 @@ impl Stage {
                         },
                     )
                     .await
-                    .map_err(|e| err(e.into()))?;
+                    .map_err(err)?;
                 return Ok(UpsertStats {
-                    version: u64::try_from(done.version()).ok(),
+                    version: Some(done.version()),
                     ..Default::default()
                 });
             }
