@@ -18,6 +18,18 @@ use lakeshop_sources::products::ProductsSourceConfig;
 const HEALTHY_WITHIN_SECS: i64 = 30;
 
 pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
+    // A dry run that staged anyway would be worse than none: refuse it where it is not built.
+    match &cmd {
+        ExtractCommand::Clients(_) | ExtractCommand::Sellers(_) => {}
+        ExtractCommand::Products(args)
+        | ExtractCommand::Purchases(args)
+        | ExtractCommand::Interactions(args)
+        | ExtractCommand::All(args) => {
+            if args.dry_run {
+                bail!("--dry-run reads without staging for `extract clients` and `extract sellers` only");
+            }
+        }
+    }
     match cmd {
         ExtractCommand::Clients(args) => print(dimension(config, &args, Dimension::Clients).await?),
         ExtractCommand::Sellers(args) => print(dimension(config, &args, Dimension::Sellers).await?),

@@ -213,7 +213,8 @@ struct ExtractArgs {
     /// extract stops.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     idle: std::time::Duration,
-    /// PostgreSQL: read and decode into Arrow, stage nothing (a speed and connectivity check).
+    /// Clients and sellers: read and decode into Arrow, stage nothing (a speed and
+    /// connectivity check). Other sources refuse it.
     #[arg(long)]
     dry_run: bool,
 }

@@ -228,3 +228,20 @@ fn a_closed_stdout_ends_the_command_quietly() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--dry-run` is built for the PostgreSQL extracts only; the others refuse it before
+/// touching anything rather than staging rows.
+#[test]
+fn dry_run_is_refused_where_it_would_stage() {
+    for source in ["purchases", "interactions", "products", "all"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(root().join("pipelines/shop.toml"))
+            .args(["extract", source, "--dry-run", "--quiet"])
+            .output()
+            .expect("runs lakeshop");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{source}: {stderr}");
+        assert!(stderr.contains("--dry-run"), "{source}: {stderr}");
+    }
+}
