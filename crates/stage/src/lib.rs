@@ -339,27 +339,37 @@ impl Stage {
             .into_iter()
             .map(Action::Add)
             .collect();
-        let operation = DeltaOperation::Write {
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(20);
+        self.commit_append(table, handle, actions, props, "append")
+            .await
+    }
+
+    /// Commits `actions` (added files, possibly none) as an append to `table`, with the
+    /// `txn` actions `props` carries, and moves `handle` to the new version.
+    pub(crate) async fn commit_append(
+        &self,
+        table: Table,
+        handle: &mut DeltaTable,
+        actions: Vec<Action>,
+        props: CommitProperties,
+        operation: &'static str,
+    ) -> Result<u64> {
+        let err = Self::delta_err(operation, table);
+        let columns = table.partition_columns();
+        let write = DeltaOperation::Write {
             mode: SaveMode::Append,
-            partition_by: (!table.partition_columns().is_empty()).then(|| {
-                table
-                    .partition_columns()
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect()
-            }),
+            partition_by: (!columns.is_empty())
+                .then(|| columns.iter().map(|c| c.to_string()).collect()),
             predicate: None,
         };
         let snapshot = handle.snapshot().map_err(err)?;
-        let done = CommitBuilder::from(
-            CommitProperties::default()
-                .with_application_transactions(txns)
-                .with_max_retries(20),
-        )
-        .with_actions(actions)
-        .build(Some(snapshot), handle.log_store(), operation)
-        .await
-        .map_err(err)?;
+        let done = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(snapshot), handle.log_store(), write)
+            .await
+            .map_err(err)?;
         let version = done.version();
         handle.state = Some(done.snapshot());
         Ok(version)

@@ -7,9 +7,9 @@
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::prelude::{col, lit, SessionContext};
 use deltalake::datafusion::scalar::ScalarValue;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::protocol::SaveMode;
 
 use crate::{Error, Result, Stage, Table};
 
@@ -120,21 +120,11 @@ impl Stage {
                 .is_some_and(|w| w.expected != Some(w.version))
             {
                 // A commit of the `txn` action alone (a write needs rows).
-                let err = Self::delta_err("upsert", table);
-                let done = CommitBuilder::from(props)
-                    .build(
-                        Some(snapshot),
-                        handle.log_store(),
-                        DeltaOperation::Write {
-                            mode: SaveMode::Append,
-                            partition_by: None,
-                            predicate: None,
-                        },
-                    )
-                    .await
-                    .map_err(err)?;
+                let version = self
+                    .commit_append(table, &mut handle, Vec::new(), props, "upsert")
+                    .await?;
                 return Ok(UpsertStats {
-                    version: Some(done.version()),
+                    version: Some(version),
                     ..Default::default()
                 });
             }
