@@ -16,6 +16,7 @@ fn clickhouse(config: &Config) -> Result<ClickHouse> {
         database: config.clickhouse.database.clone(),
         user: config.clickhouse.user.clone(),
         password: config.clickhouse.password.clone(),
+        compression: config.clickhouse.compression,
     })?)
 }
 

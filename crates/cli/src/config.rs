@@ -281,6 +281,8 @@ pub struct ClickHouseConfig {
     pub user: String,
     /// From `${CLICKHOUSE_PASSWORD}` only.
     pub password: String,
+    /// `lz4` (default) or `none` (a server on the same host: saves the CPU of both ends).
+    pub compression: lakeshop_clickhouse::Compression,
 }
 
 impl Default for ClickHouseConfig {
@@ -290,6 +292,7 @@ impl Default for ClickHouseConfig {
             database: "lakeshop".into(),
             user: "default".into(),
             password: String::new(),
+            compression: lakeshop_clickhouse::Compression::default(),
         }
     }
 }

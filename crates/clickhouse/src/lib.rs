@@ -21,7 +21,9 @@ pub mod report;
 pub mod sink;
 mod tsv;
 
-pub use config::{check_identifier, ClickHouse, ClickHouseOptions, ServerVersion, MIN_SERVER};
+pub use config::{
+    check_identifier, ClickHouse, ClickHouseOptions, Compression, ServerVersion, MIN_SERVER,
+};
 pub use error::{Error, Result};
 pub use migrate::{MigrateReport, Migration};
 pub use report::{Kind, Report, ReportTable};

@@ -26,6 +26,7 @@ pub fn clickhouse(database: &str) -> Result<ClickHouse> {
         database: database.into(),
         user: std::env::var("CLICKHOUSE_USER").unwrap_or_else(|_| "default".into()),
         password: std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default(),
+        compression: Default::default(),
     })?)
 }
 
