@@ -132,12 +132,11 @@ LEFT JOIN clients c ON c.client_id = p.client_id
 LEFT JOIN products pr ON pr.product_id = p.product_id
 LEFT JOIN sellers s ON s.seller_id = p.seller_id
 WHERE NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
-ORDER BY p.purchase_id
 """
 
 MEASURES = (
     "CAST(sum(amount) AS DECIMAL(38, 2)) AS revenue, "
-    "count(*) AS purchases, "
+    "sum(CAST(1 AS BIGINT)) AS purchases, "
     "sum(CAST(quantity AS BIGINT)) AS items, "
     "count(DISTINCT client_id) AS distinct_clients"
 )

@@ -22,6 +22,16 @@ pub enum Error {
         #[source]
         source: Box<deltalake::datafusion::error::DataFusionError>,
     },
+    /// A writing task ended without an answer (the runtime is shutting down).
+    #[error("day {day}: {step} was cancelled")]
+    Cancelled { day: NaiveDate, step: &'static str },
+    /// Reading a dimension table the sales rows join failed.
+    #[error("reading stage.{table}: {source}")]
+    Dimension {
+        table: &'static str,
+        #[source]
+        source: Box<deltalake::datafusion::error::DataFusionError>,
+    },
     /// Converting the query results to a table's schema failed.
     #[error("day {day}, {step}: {source}")]
     Arrow {

@@ -131,8 +131,7 @@ impl BatchJob {
     /// Checks that ClickHouse has the batch tables and registers the stage tables.
     pub async fn new(stage: Stage, clickhouse: ClickHouse, options: BatchOptions) -> Result<Self> {
         clickhouse.require_tables(&CLICKHOUSE_TABLES).await?;
-        let ctx =
-            SessionContext::new_with_config(SessionConfig::new().with_information_schema(false));
+        let ctx = SessionContext::new_with_config(session_config());
         stage
             .register(
                 &ctx,
@@ -144,6 +143,7 @@ impl BatchJob {
                 ],
             )
             .await?;
+        cache_dimensions(&ctx).await?;
         Ok(Self {
             stage,
             clickhouse,
@@ -216,35 +216,41 @@ impl BatchJob {
         })
     }
 
-    /// Writes a built day: `stage.sales` and ClickHouse at the same time (both are
-    /// replaced whole, and a failure of either fails the day).
+    /// Writes a built day: `stage.sales` and ClickHouse at the same time, each on a task of
+    /// its own so that the writes and the next day's query share the worker threads (both
+    /// are replaced whole, and a failure of either fails the day once both have ended).
     async fn write(&self, built: Timed<Built>) -> Result<DaySummary> {
         let Timed {
             started,
             seconds: query_seconds,
             value: built,
         } = built;
-        let day = built.summary.date;
-        let stage = async {
+        let Built {
+            sales,
+            tables,
+            summary,
+        } = built;
+        let day = summary.date;
+        let stage = self.stage.clone();
+        let stage_task = tokio::spawn(async move {
             let t = Instant::now();
-            let mut sales = built.sales.clone();
+            let mut sales = sales;
             if sales.is_empty() {
                 sales.push(RecordBatch::new_empty(arrow_schema::stage_sale()));
             }
             let predicate = format!("event_date = '{}'", day.format("%Y-%m-%d"));
-            let version = self
-                .stage
-                .replace_where(Table::Sales, sales, &predicate)
-                .await?;
+            let version = stage.replace_where(Table::Sales, sales, &predicate).await?;
             Ok::<_, Error>((version, t.elapsed().as_secs_f64()))
-        };
-        let clickhouse = async {
+        });
+        let clickhouse = self.clickhouse.clone();
+        let clickhouse_task = tokio::spawn(async move {
             let t = Instant::now();
-            let loaded = self.clickhouse.replace_day(day, &built.tables).await?;
+            let loaded = clickhouse.replace_day(day, &tables).await?;
             Ok::<_, Error>((loaded, t.elapsed().as_secs_f64()))
-        };
-        let ((stage_version, stage_seconds), (loaded, clickhouse_seconds)) =
-            futures::try_join!(stage, clickhouse)?;
+        });
+        let (staged, loaded) = futures::join!(stage_task, clickhouse_task);
+        let (stage_version, stage_seconds) = joined(day, "writing stage.sales", staged)?;
+        let (loaded, clickhouse_seconds) = joined(day, "loading ClickHouse", loaded)?;
 
         let s = DaySummary {
             date: day,
@@ -254,7 +260,7 @@ impl BatchJob {
             stage_seconds,
             clickhouse_seconds,
             seconds: started.elapsed().as_secs_f64(),
-            ..built.summary
+            ..summary
         };
         tracing::info!(
             day = %day,
@@ -494,6 +500,85 @@ async fn run_sql(
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     tracing::debug!(%day, step, rows, seconds = started.elapsed().as_secs_f64(), "query");
     Ok(batches.into_iter().filter(|b| b.num_rows() > 0).collect())
+}
+
+/// The answer of a spawned task: a panic goes on as a panic, a cancelled task is an error.
+fn joined<T>(
+    day: NaiveDate,
+    step: &'static str,
+    r: std::result::Result<Result<T>, tokio::task::JoinError>,
+) -> Result<T> {
+    match r {
+        Ok(answer) => answer,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::Cancelled { day, step }),
+    }
+}
+
+/// The query engine's settings for the batch SQL.
+///
+/// A day joins a million or so purchases to dimension tables of up to a few million rows.
+/// Joins build their hash table from the whole (smaller) side once and probe it from
+/// every partition of the other side, instead of hash-repartitioning both sides (the
+/// default above 128k rows): repartitioning copied every row of both sides on every day.
+/// Dynamic join filters help scans that can skip files, not in-memory day tables, and
+/// cost a min/max pass over every build side.
+fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_information_schema(false)
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold",
+            1 << 30,
+        )
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+            1 << 24,
+        )
+        .set_bool(
+            "datafusion.optimizer.enable_join_dynamic_filter_pushdown",
+            false,
+        )
+}
+
+/// The dimension columns the sales query reads, per table.
+const DIMENSION_COLUMNS: [(&str, &[&str]); 3] = [
+    (
+        "clients",
+        &["client_id", "first_name", "last_name", "email", "address"],
+    ),
+    ("products", &["product_id", "name", "category", "price"]),
+    ("sellers", &["seller_id", "name", "region"]),
+];
+
+/// Reads the columns of the dimension tables that the sales query joins, once, and
+/// registers them in memory under the same names. Every day of a run then joins the same
+/// rows without decoding the dimension files again.
+async fn cache_dimensions(ctx: &SessionContext) -> Result<()> {
+    for (table, columns) in DIMENSION_COLUMNS {
+        let err = |source| Error::Dimension {
+            table,
+            source: Box::new(source),
+        };
+        let started = Instant::now();
+        let df = ctx
+            .table(table)
+            .await
+            .map_err(err)?
+            .select_columns(columns)
+            .map_err(err)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(err)?;
+        tracing::debug!(
+            table,
+            rows = count_rows(&batches),
+            seconds = started.elapsed().as_secs_f64(),
+            "dimension cached"
+        );
+        let mem = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+        let _ = ctx.deregister_table(table);
+        ctx.register_table(table, Arc::new(mem)).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Registers batches as an in-memory table (replacing one of the same name).

@@ -160,7 +160,6 @@ LEFT JOIN clients c ON c.client_id = p.client_id
 LEFT JOIN products pr ON pr.product_id = p.product_id
 LEFT JOIN sellers s ON s.seller_id = p.seller_id
 WHERE NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
-ORDER BY p.purchase_id
 "#,
         email = pii.expr("email"),
         address = pii.expr("address"),
@@ -168,8 +167,13 @@ ORDER BY p.purchase_id
 }
 
 /// The measures every aggregate row carries, over `sales` rows.
+///
+/// `purchases` is `sum(1)`, not `count(*)`: the same number for every group (a group has at
+/// least one row), and with only `sum`/`min`/`max` beside the one `count(DISTINCT ...)` the
+/// engine counts distinct clients by grouping on (key, client) instead of keeping a set of
+/// client ids per group, several times cheaper.
 const MEASURES: &str = "CAST(sum(amount) AS DECIMAL(38, 2)) AS revenue, \
-    count(*) AS purchases, \
+    sum(CAST(1 AS BIGINT)) AS purchases, \
     sum(CAST(quantity AS BIGINT)) AS items, \
     count(DISTINCT client_id) AS distinct_clients";
 
