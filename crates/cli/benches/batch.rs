@@ -14,7 +14,8 @@
 //!   (exported as TSV) into an empty copy of the table. Goal: lakeshop ≥ 0.5× its rows/s.
 //!
 //! Every child process runs under GNU time (wall, CPU, peak RSS). Prints a table and writes
-//! `bench-results/batch.json`.
+//! `bench-results/batch.json`. `LAKESHOP_BENCH_KEEP=1` keeps the stage, the pipeline file
+//! and the ClickHouse database for a closer look.
 
 use anyhow::{Context as _, Result};
 use chrono::{NaiveDate, NaiveTime};
@@ -32,6 +33,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod common;
+
+/// The allocator of the `lakeshop` binary, so the in-process build (a) runs as it would there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use common::{bench_python, env_u64, last_json, measure, measure_io, Measured};
 
@@ -457,11 +462,18 @@ fn clickhouse(database: &str) -> Result<ClickHouse> {
         database: database.into(),
         user: clickhouse_user(),
         password: std::env::var("CLICKHOUSE_PASSWORD").unwrap_or_default(),
+        compression: Default::default(),
     })?)
 }
 
 fn clickhouse_url() -> String {
     std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// `[clickhouse] compression` of the bench's batch run: `none` by default, as suits the
+/// local server (`LAKESHOP_BENCH_CLICKHOUSE_COMPRESSION=lz4` to measure the other).
+fn clickhouse_compression() -> String {
+    std::env::var("LAKESHOP_BENCH_CLICKHOUSE_COMPRESSION").unwrap_or_else(|_| "none".into())
 }
 
 fn clickhouse_user() -> String {
@@ -507,11 +519,12 @@ fn pipeline(dir: &Path, stage: &Path, database: &str) -> Result<PathBuf> {
     std::fs::write(
         &path,
         format!(
-            "[pipeline]\nname = \"{}\"\ntimezone = \"UTC\"\n[stage]\nuri = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{}\"\npassword = \"${{CLICKHOUSE_PASSWORD:-}}\"\n[batch]\npii = \"keep\"\n",
+            "[pipeline]\nname = \"{}\"\ntimezone = \"UTC\"\n[stage]\nuri = \"{}\"\n[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{}\"\npassword = \"${{CLICKHOUSE_PASSWORD:-}}\"\ncompression = \"{}\"\n[batch]\npii = \"keep\"\n",
             lakeshop_testkit::unique("bench"),
             stage.display(),
             clickhouse_url(),
             clickhouse_user(),
+            clickhouse_compression(),
         ),
     )?;
     Ok(path)
@@ -601,12 +614,22 @@ async fn main() -> Result<()> {
     let database = lakeshop_testkit::unique("lakeshop_bench");
     let pipeline = pipeline(dir.path(), &stage_dir, &database)?;
     let result = run(&stage, &pipeline, &database, dir.path(), n, &days).await;
-    let _ = clickhouse(&database)?
-        .execute(
-            "drop bench database",
-            &format!("DROP DATABASE IF EXISTS {database}"),
-        )
-        .await;
+    if std::env::var_os("LAKESHOP_BENCH_KEEP").is_some() {
+        // Kept for a closer look (profiling a `batch run` on the same stage, say).
+        let kept = dir.keep();
+        eprintln!(
+            "kept: pipeline {}, stage {}, ClickHouse database {database}",
+            kept.join("bench.toml").display(),
+            stage_dir.display()
+        );
+    } else {
+        let _ = clickhouse(&database)?
+            .execute(
+                "drop bench database",
+                &format!("DROP DATABASE IF EXISTS {database}"),
+            )
+            .await;
+    }
     let results = result?;
 
     let a = &results["query"];
@@ -752,6 +775,7 @@ async fn run(
         },
         "load": {
             "rows": rows,
+            "clickhouse_compression": clickhouse_compression(),
             "batch_run_seconds": run.wall,
             "batch_run_cpu_seconds": run.cpu,
             "batch_run_peak_rss_mib": run.rss_mib,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bench_python, env_u64, last_json, measure, Measured};
+use common::{bench_python, env_u64, last_json, measure, process_cpu_seconds, Measured};
 
 const BIN: &str = env!("CARGO_BIN_EXE_lakeshop");
 
@@ -32,8 +32,17 @@ fn lakeshop(pipeline: &Path, args: &[&str]) -> Result<Measured> {
     measure(BIN, &all)
 }
 
-/// Reads every partition of `topic` from the beginning to its end; returns (records, seconds).
-fn bare_consume(topic: &str, partitions: i32) -> Result<(u64, f64)> {
+/// A bare consumer's read of a topic: records, wall seconds, CPU seconds of this process
+/// (its librdkafka threads included; nothing else runs meanwhile).
+struct Bare {
+    records: u64,
+    seconds: f64,
+    cpu: f64,
+}
+
+/// Reads every partition of `topic` from the beginning to its end.
+fn bare_consume(topic: &str, partitions: i32) -> Result<Bare> {
+    let cpu_before = process_cpu_seconds()?;
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", lakeshop_testkit::kafka_brokers())
         .set("group.id", lakeshop_testkit::unique("bench"))
@@ -71,7 +80,13 @@ fn bare_consume(topic: &str, partitions: i32) -> Result<(u64, f64)> {
         );
     }
     std::hint::black_box(bytes);
-    Ok((n, started.elapsed().as_secs_f64()))
+    let seconds = started.elapsed().as_secs_f64();
+    drop(consumer);
+    Ok(Bare {
+        records: n,
+        seconds,
+        cpu: process_cpu_seconds()? - cpu_before,
+    })
 }
 
 fn pipeline(dir: &Path, db: &str, topic: &str, stage: &Path) -> Result<PathBuf> {
@@ -120,7 +135,8 @@ async fn purchases(dir: &Path) -> Result<Value> {
             truth.to_str().context("path")?,
         ],
     )?;
-    let (records, bare1) = bare_consume(&topic, 3)?;
+    let bare1 = bare_consume(&topic, 3)?;
+    let records = bare1.records;
     let run = lakeshop(
         &pipeline,
         &[
@@ -132,28 +148,35 @@ async fn purchases(dir: &Path) -> Result<Value> {
             "--quiet",
         ],
     )?;
-    let (records2, bare2) = bare_consume(&topic, 3)?;
+    let bare2 = bare_consume(&topic, 3)?;
     let stats = last_json(&run.stdout)?;
     anyhow::ensure!(
-        stats["read"].as_u64() == Some(records) && records == records2,
+        stats["read"].as_u64() == Some(records) && records == bare2.records,
         "extractor read {} of {records} records",
         stats["read"]
     );
-    let bare = (bare1 + bare2) / 2.0;
+    let bare = (bare1.seconds + bare2.seconds) / 2.0;
     let bare_rate = records as f64 / bare;
+    let bare_cpu_per_1m = (bare1.cpu + bare2.cpu) / 2.0 * 1e6 / records as f64;
+    let cpu_per_1m = run.cpu * 1e6 / records as f64;
     let rate = records as f64 / run.wall;
     Ok(json!({
         "records": records,
         "staged": stats["staged"],
         "dead_lettered": stats["dead_lettered"],
         "commits": stats["commits"],
-        "bare_consumer_seconds": [bare1, bare2],
+        "bare_consumer_seconds": [bare1.seconds, bare2.seconds],
+        "bare_consumer_cpu_seconds": [bare1.cpu, bare2.cpu],
+        "bare_consumer_cpu_seconds_per_1m": bare_cpu_per_1m,
         "bare_consumer_events_per_s": bare_rate,
         "extract_seconds": run.wall,
         "extract_events_per_s": rate,
         "ratio_vs_bare": rate / bare_rate,
         "extract_cpu_seconds": run.cpu,
-        "extract_cpu_seconds_per_1m": run.cpu * 1e6 / records as f64,
+        "extract_cpu_seconds_per_1m": cpu_per_1m,
+        // What the extractor spends beyond reading the records (decode, validate, Arrow,
+        // Parquet, Delta commit, process start), per 1M.
+        "extract_cpu_seconds_per_1m_beyond_bare": cpu_per_1m - bare_cpu_per_1m,
         "extract_peak_rss_mib": run.rss_mib,
     }))
 }
@@ -252,8 +275,11 @@ async fn main() -> Result<()> {
     let p = purchases(dir.path()).await?;
     println!("purchases ingest ({} records):", p["records"]);
     println!(
-        "  bare rdkafka consumer  {:>10.0} events/s",
-        p["bare_consumer_events_per_s"].as_f64().unwrap_or_default()
+        "  bare rdkafka consumer  {:>10.0} events/s  {:.2} CPU-s per 1M",
+        p["bare_consumer_events_per_s"].as_f64().unwrap_or_default(),
+        p["bare_consumer_cpu_seconds_per_1m"]
+            .as_f64()
+            .unwrap_or_default(),
     );
     println!(
         "  lakeshop extract       {:>10.0} events/s  ratio {:.2}  {:.2} CPU-s per 1M  peak RSS {:.0} MiB",
@@ -261,6 +287,12 @@ async fn main() -> Result<()> {
         p["ratio_vs_bare"].as_f64().unwrap_or_default(),
         p["extract_cpu_seconds_per_1m"].as_f64().unwrap_or_default(),
         p["extract_peak_rss_mib"].as_f64().unwrap_or_default(),
+    );
+    println!(
+        "    of which beyond reading the records: {:.2} CPU-s per 1M",
+        p["extract_cpu_seconds_per_1m_beyond_bare"]
+            .as_f64()
+            .unwrap_or_default(),
     );
     let c = clients(dir.path()).await?;
     println!("clients extract ({} rows):", c["rows"]);

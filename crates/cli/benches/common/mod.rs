@@ -69,6 +69,20 @@ pub fn measure_io(
     })
 }
 
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat` (in
+/// USER_HZ ticks, 100 per second on Linux).
+pub fn process_cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(f.get(i).context("/proc/self/stat fields")?.parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 /// The last line of `stdout` that is a JSON object.
 pub fn last_json(stdout: &str) -> Result<Value> {
     Ok(serde_json::from_str(

@@ -97,9 +97,9 @@ impl ExtractMetrics {
             .set(lag);
     }
 
-    pub(crate) fn heartbeat(&self) {
-        self.heartbeat
-            .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+    /// Marks the consumer loop as turning at `now`.
+    pub(crate) fn heartbeat(&self, now: chrono::DateTime<chrono::Utc>) {
+        self.heartbeat.store(now.timestamp(), Ordering::Relaxed);
     }
 
     /// Seconds since the consumer loop last turned.

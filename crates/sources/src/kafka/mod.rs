@@ -311,7 +311,10 @@ fn run(
     let mut last_data = Instant::now();
     loop {
         let polled = consumer.poll(Duration::from_millis(100));
-        config.metrics.heartbeat();
+        // One read of each clock per turn of the loop (a turn is one record while reading).
+        let now = Utc::now();
+        let tick = Instant::now();
+        config.metrics.heartbeat(now);
         {
             let mut state = consumer
                 .context()
@@ -352,7 +355,6 @@ fn run(
                         state.next.insert(p, offset + 1);
                         stats.read += 1;
                         config.metrics.consumed.inc();
-                        let now = Utc::now();
                         let pos = Position {
                             topic: &config.topic,
                             partition: p,
@@ -367,7 +369,7 @@ fn run(
                             }
                         }
                         buf.last.insert(p, offset);
-                        last_data = Instant::now();
+                        last_data = tick;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -378,7 +380,8 @@ fn run(
             }
         }
         let due = buf.rows() >= config.flush_max_rows
-            || (!buf.last.is_empty() && buf.since.elapsed() >= config.flush_interval);
+            || (!buf.last.is_empty()
+                && tick.saturating_duration_since(buf.since) >= config.flush_interval);
         let caught_up = {
             let state = consumer
                 .context()
@@ -389,7 +392,7 @@ fn run(
                 && state.committed.keys().all(|p| eof.contains(p))
                 && config
                     .until_end_idle
-                    .is_some_and(|idle| last_data.elapsed() >= idle)
+                    .is_some_and(|idle| tick.saturating_duration_since(last_data) >= idle)
         };
         if due || (caught_up && !buf.last.is_empty()) {
             flush_or_resync(
