@@ -391,7 +391,10 @@ impl BatchJob {
         }
 
         // Aggregates over the day's sales rows, with the business hour beside them.
-        let agg = SessionContext::new();
+        // One partition: a day's sales rows are a few million at most, and the write of
+        // the day before runs beside this on the other threads; splitting the rows by hash
+        // across partitions would copy every row once more for no gain.
+        let agg = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         let with_hour = add_hour(&sales, self.options.timezone).map_err(|source| Error::Arrow {
             day,
             step: "hour of sales",

@@ -112,7 +112,11 @@ impl Table {
                     | "source_offset"
                     | "payload"
                     | "detail"
-            ) || self.key() == Some(name);
+            ) || self.key() == Some(name)
+                // A sales row carries its product's name and prices: as many distinct
+                // values as products, more than a dictionary page holds.
+                || (self == Table::Sales
+                    && matches!(name, "product_name" | "price" | "amount" | "list_price"));
             if unique {
                 b = b.set_column_dictionary_enabled(ColumnPath::from(name), false);
             }
