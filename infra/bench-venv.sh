@@ -9,7 +9,7 @@ req="$LAKESHOP_ROOT/bench/requirements.txt"
 stamp="$(sha256sum "$req" | cut -c1-12)"
 venv="$CACHE_DIR/bench-venv-$stamp"
 if [[ ! -f "$venv/.lakeshop-installed" ]]; then
-  log "installing the bench baselines ($req) into $venv"
+  log "installing the bench baselines ($req) into $venv" >&2
   rm -rf "$venv"
   mkdir -p "$CACHE_DIR"
   "${PYTHON:-python3}" -m venv "$venv" >&2 || die "python3 -m venv failed (is python3-venv installed?)"
