@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::sql::{self, PiiMode};
+use crate::{keys, order};
 use crate::{Error, Result};
 
 /// Longest range one run accepts (ten years), against typos like `--from 2016`.
@@ -113,6 +114,8 @@ pub struct BatchJob {
     clickhouse: ClickHouse,
     options: BatchOptions,
     ctx: SessionContext,
+    /// Rows of the cached `clients`: the client keys in use (`crate::keys`).
+    known_clients: u32,
     /// The window of days `multi_day_arrivals` is prepared for.
     prepared: std::sync::Mutex<Option<(NaiveDate, NaiveDate)>>,
 }
@@ -143,12 +146,13 @@ impl BatchJob {
                 ],
             )
             .await?;
-        cache_dimensions(&ctx).await?;
+        let known_clients = cache_dimensions(&ctx).await?;
         Ok(Self {
             stage,
             clickhouse,
             options,
             ctx,
+            known_clients,
             prepared: std::sync::Mutex::new(None),
         })
     }
@@ -374,13 +378,28 @@ impl BatchJob {
             .await?;
         let _ = self.ctx.deregister_table("day_firsts");
         let _ = self.ctx.deregister_table("claimed");
-        let sales = conform(&raw, &arrow_schema::stage_sale()).map_err(|source| Error::Arrow {
-            day,
-            step: "shape sales rows",
-            source,
-        })?;
+        let stage_schema = arrow_schema::stage_sale();
+        let arrow_err = |step| move |source| Error::Arrow { day, step, source };
+        let keyed = conform(&raw, &keys::with_key_fields(&stage_schema))
+            .map_err(arrow_err("shape sales rows"))?;
         // The engine's rows (string views into its read buffers) are not needed any more.
         drop(raw);
+        let keyed = keys::fill_client_keys(keyed, self.known_clients)
+            .map_err(arrow_err("key unknown clients"))?;
+        let started = Instant::now();
+        let keyed = order::by_seller_and_purchase(keyed).map_err(arrow_err("order sales rows"))?;
+        tracing::debug!(%day, seconds = started.elapsed().as_secs_f64(), "sales rows ordered");
+        // `stage.sales` and ClickHouse get the stage's columns; the aggregates the keys too.
+        let sales = keyed
+            .iter()
+            .map(|b| {
+                RecordBatch::try_new(
+                    stage_schema.clone(),
+                    b.columns()[..stage_schema.fields().len()].to_vec(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(arrow_err("shape sales rows"))?;
         let rows_out = count_rows(&sales);
         if rows_out != firsts - counted_on_other_day {
             return Err(Error::DimensionFanOut {
@@ -395,32 +414,27 @@ impl BatchJob {
         // the day before runs beside this on the other threads; splitting the rows by hash
         // across partitions would copy every row once more for no gain.
         let agg = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-        let with_hour = add_hour(&sales, self.options.timezone).map_err(|source| Error::Arrow {
-            day,
-            step: "hour of sales",
-            source,
-        })?;
+        let with_hour =
+            add_hour(&keyed, self.options.timezone).map_err(arrow_err("hour of sales"))?;
+        drop(keyed);
         register(&agg, "sales", with_hour, day)?;
+        for names in ["sellers", "products", "categories"] {
+            let err = |source| Error::Query {
+                day,
+                step: "register dimension names",
+                source: Box::new(source),
+            };
+            let table = self.ctx.table_provider(names).await.map_err(err)?;
+            agg.register_table(names, table).map_err(err)?;
+        }
         let q = |step, query: String| {
             let agg = &agg;
             async move { run_sql(agg, day, step, &query, None).await }
         };
         let daily_total = q("daily total", sql::daily_total()).await?;
-        let daily_seller = q(
-            "daily by seller",
-            sql::daily_by(sql::SELLER_KEY, "seller_id", ""),
-        )
-        .await?;
-        let daily_category = q(
-            "daily by category",
-            sql::daily_by(sql::CATEGORY_KEY, "category", ""),
-        )
-        .await?;
-        let daily_product = q(
-            "daily by product",
-            sql::daily_by(sql::PRODUCT_KEY, "product_id", sql::PRODUCT_ATTRIBUTES),
-        )
-        .await?;
+        let daily_seller = q("daily by seller", sql::daily_by(sql::BY_SELLER)).await?;
+        let daily_category = q("daily by category", sql::daily_by(sql::BY_CATEGORY)).await?;
+        let daily_product = q("daily by product", sql::daily_by(sql::BY_PRODUCT)).await?;
         let hourly = q("hourly", sql::hourly()).await?;
         // Ranked from the per-product rows rather than from the sales again.
         register(&agg, "daily_product", daily_product.clone(), day)?;
@@ -554,9 +568,12 @@ const DIMENSION_COLUMNS: [(&str, &[&str]); 3] = [
 ];
 
 /// Reads the columns of the dimension tables that the sales query joins, once, and
-/// registers them in memory under the same names. Every day of a run then joins the same
-/// rows without decoding the dimension files again.
-async fn cache_dimensions(ctx: &SessionContext) -> Result<()> {
+/// registers them in memory under the same names, with their integer keys
+/// (`crate::keys`), and the categories of the products as `categories`. Every day of a
+/// run then joins the same rows without decoding the dimension files again. Returns the
+/// number of clients.
+async fn cache_dimensions(ctx: &SessionContext) -> Result<u32> {
+    let mut clients = 0;
     for (table, columns) in DIMENSION_COLUMNS {
         let err = |source| Error::Dimension {
             table,
@@ -571,17 +588,63 @@ async fn cache_dimensions(ctx: &SessionContext) -> Result<()> {
             .map_err(err)?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(err)?;
+        let rows = count_rows(&batches);
+        let arrow_err = |source| {
+            err(deltalake::datafusion::error::DataFusionError::ArrowError(
+                Box::new(source),
+                None,
+            ))
+        };
+        let mut extra = None;
+        let keyed = match table {
+            "clients" => {
+                clients = u32::try_from(rows).map_err(|_| {
+                    arrow_err(deltalake::arrow::error::ArrowError::ComputeError(format!(
+                        "{rows} clients: more than a UInt32 key numbers"
+                    )))
+                })?;
+                keys::clients(&batches)
+            }
+            "sellers" => keys::sellers(&batches),
+            _ => keys::products(&batches).map(|(keyed, categories)| {
+                extra = Some(categories);
+                keyed
+            }),
+        }
+        .map_err(arrow_err)?;
+        drop(batches);
         tracing::debug!(
             table,
-            rows = count_rows(&batches),
+            rows,
             seconds = started.elapsed().as_secs_f64(),
             "dimension cached"
         );
-        let mem = MemTable::try_new(schema, vec![batches]).map_err(err)?;
+        let schema = keyed
+            .first()
+            .map_or_else(|| empty_keyed(&schema, table), |b| b.schema());
+        let mem = MemTable::try_new(schema, vec![keyed]).map_err(err)?;
         let _ = ctx.deregister_table(table);
         ctx.register_table(table, Arc::new(mem)).map_err(err)?;
+        if let Some(categories) = extra {
+            let mem =
+                MemTable::try_new(categories.schema(), vec![vec![categories]]).map_err(err)?;
+            ctx.register_table("categories", Arc::new(mem))
+                .map_err(err)?;
+        }
     }
-    Ok(())
+    Ok(clients)
+}
+
+/// The schema of a cached dimension with its keys when the table has no rows.
+fn empty_keyed(schema: &SchemaRef, table: &str) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let names: &[&str] = match table {
+        "clients" => &[keys::CLIENT_KEY],
+        "sellers" => &[keys::SELLER_KEY],
+        _ => &[keys::PRODUCT_KEY, keys::CATEGORY_KEY],
+    };
+    fields.extend(names.iter().map(|n| Field::new(*n, DataType::UInt32, true)));
+    Arc::new(Schema::new(fields))
 }
 
 /// Registers batches as an in-memory table (replacing one of the same name).
@@ -611,7 +674,7 @@ fn register(
 fn register_empty(ctx: &SessionContext, name: &str, day: NaiveDate) -> Result<()> {
     let schema: SchemaRef = match name {
         "sales" => {
-            let mut fields: Vec<Field> = arrow_schema::stage_sale()
+            let mut fields: Vec<Field> = keys::with_key_fields(&arrow_schema::stage_sale())
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone())
@@ -747,16 +810,10 @@ fn add_hour(
                     )
                 })?;
             let hours: TimestampMicrosecondArray = ts.unary(|v| hour_start(v, tz));
-            let mut fields: Vec<Field> = b
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(hour_field());
-            let mut columns = b.columns().to_vec();
-            columns.push(Arc::new(hours.with_timezone("UTC")));
-            RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            keys::with_columns(
+                b,
+                vec![(hour_field(), Arc::new(hours.with_timezone("UTC")))],
+            )
         })
         .collect()
 }

@@ -10,7 +10,9 @@
 //!    there. The counted purchases are left-joined to `clients`, `products` and `sellers`:
 //!    missing dimensions keep the purchase under `unknown`. PII (e-mail, address) is kept,
 //!    hashed or dropped. The day's aggregates are computed from those rows.
-//! 2. **Stage**: `stage.sales` partition D is replaced in one Delta commit.
+//! 2. **Stage**: `stage.sales` partition D is replaced in one Delta commit, its rows in
+//!    ClickHouse's sorting order of `sales` (seller, purchase id), so the server does not
+//!    sort them again.
 //! 3. **ClickHouse**: every batch table's day D is swapped in atomically per table
 //!    ([`lakeshop_clickhouse::ClickHouse::replace_day`]).
 //!
@@ -19,6 +21,8 @@
 
 mod error;
 mod job;
+mod keys;
+mod order;
 pub mod sql;
 
 pub use error::{Error, Result};

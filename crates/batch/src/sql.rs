@@ -154,7 +154,11 @@ SELECT p.purchase_id,
        s.region AS seller_region,
        c.client_id IS NULL AS unknown_client,
        pr.product_id IS NULL AS unknown_product,
-       s.seller_id IS NULL AS unknown_seller
+       s.seller_id IS NULL AS unknown_seller,
+       c.client_key,
+       s.seller_key,
+       pr.category_key,
+       pr.product_key
 FROM day_firsts p
 LEFT JOIN clients c ON c.client_id = p.client_id
 LEFT JOIN products pr ON pr.product_id = p.product_id
@@ -171,11 +175,12 @@ WHERE NOT EXISTS (SELECT 1 FROM claimed x WHERE x.purchase_id = p.purchase_id)
 /// `purchases` is `sum(1)`, not `count(*)`: the same number for every group (a group has at
 /// least one row), and with only `sum`/`min`/`max` beside the one `count(DISTINCT ...)` the
 /// engine counts distinct clients by grouping on (key, client) instead of keeping a set of
-/// client ids per group, several times cheaper.
+/// client ids per group, several times cheaper. Clients are counted by their integer key
+/// (`crate::keys`): one per distinct `client_id`.
 const MEASURES: &str = "CAST(sum(amount) AS DECIMAL(38, 2)) AS revenue, \
     sum(CAST(1 AS BIGINT)) AS purchases, \
     sum(CAST(quantity AS BIGINT)) AS items, \
-    count(DISTINCT client_id) AS distinct_clients";
+    count(DISTINCT client_key) AS distinct_clients";
 
 /// The whole day, with counts of unknown dimensions.
 pub(crate) fn daily_total() -> String {
@@ -188,29 +193,66 @@ pub(crate) fn daily_total() -> String {
     )
 }
 
-/// Per day and `key` (an expression over `sales`), the key column named `name`; `extra`
-/// adds columns (aggregates over the group).
-pub(crate) fn daily_by(key: &str, name: &str, extra: &str) -> String {
-    format!(
-        "SELECT event_date, group_key AS {name}, {MEASURES}{extra} \
-         FROM (SELECT *, {key} AS group_key FROM sales) \
-         GROUP BY event_date, group_key \
-         ORDER BY group_key"
-    )
+/// A per-day breakdown of the sales: grouped on the integer key column `key` of `sales`,
+/// named by the column `id` of the dimension table `names` (which has `key` too); rows
+/// without a key are the `unknown` group. `extra` adds columns of `names` (alias `n`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Breakdown {
+    pub key: &'static str,
+    pub names: &'static str,
+    pub id: &'static str,
+    /// The output column of the group's name.
+    pub name: &'static str,
+    pub extra: &'static str,
 }
 
-/// The product's name and category beside the per-product rows (the same on every row of a
-/// known product; NULL for `unknown`), for the top products.
-pub(crate) const PRODUCT_ATTRIBUTES: &str =
-    ", max(product_name) AS product_name, max(category) AS category";
+/// Per seller: `unknown` when the purchase had none or the seller is not in the stage.
+pub(crate) const BY_SELLER: Breakdown = Breakdown {
+    key: crate::keys::SELLER_KEY,
+    names: "sellers",
+    id: "seller_id",
+    name: "seller_id",
+    extra: "",
+};
 
-/// Seller key: `unknown` when the purchase had none or the seller is not in the stage.
-pub(crate) const SELLER_KEY: &str = "CASE WHEN unknown_seller THEN 'unknown' ELSE seller_id END";
-/// Category key: `unknown` when the product is not in the stage.
-pub(crate) const CATEGORY_KEY: &str =
-    "CASE WHEN unknown_product THEN 'unknown' ELSE COALESCE(category, 'unknown') END";
-/// Product key: `unknown` when the product is not in the stage.
-pub(crate) const PRODUCT_KEY: &str = "CASE WHEN unknown_product THEN 'unknown' ELSE product_id END";
+/// Per category: `unknown` when the product is not in the stage or has no category.
+pub(crate) const BY_CATEGORY: Breakdown = Breakdown {
+    key: crate::keys::CATEGORY_KEY,
+    names: "categories",
+    id: "category",
+    name: "category",
+    extra: "",
+};
+
+/// Per product, with its name and category (NULL for `unknown`) for the top products:
+/// `unknown` when the product is not in the stage.
+pub(crate) const BY_PRODUCT: Breakdown = Breakdown {
+    key: crate::keys::PRODUCT_KEY,
+    names: "products",
+    id: "product_id",
+    name: "product_id",
+    extra: ", n.name AS product_name, n.category AS category",
+};
+
+/// The day's rows of a [`Breakdown`], in the order of the group names.
+pub(crate) fn daily_by(b: Breakdown) -> String {
+    let Breakdown {
+        key,
+        names,
+        id,
+        name,
+        extra,
+    } = b;
+    format!(
+        "SELECT * FROM ( \
+           SELECT a.event_date, COALESCE(n.{id}, 'unknown') AS {name}, \
+                  a.revenue, a.purchases, a.items, a.distinct_clients{extra} \
+           FROM (SELECT event_date, {key} AS group_key, {MEASURES} \
+                 FROM sales GROUP BY event_date, {key}) a \
+           LEFT JOIN {names} n ON n.{key} = a.group_key \
+         ) ORDER BY {name}"
+    )
+}
 
 /// Per day and hour (`hour`: the start of the business-time-zone hour, added beside the
 /// sales rows before aggregating).
@@ -224,7 +266,7 @@ pub(crate) fn hourly() -> String {
 pub(crate) const TOP_PRODUCTS: usize = 100;
 
 /// The day's best-selling known products by revenue, from the per-product rows
-/// (`daily_product`, with [`PRODUCT_ATTRIBUTES`]); ties go to the smaller product id.
+/// (`daily_product`, [`BY_PRODUCT`]); ties go to the smaller product id.
 pub(crate) fn top_products() -> String {
     format!(
         "SELECT event_date, \
