@@ -94,8 +94,9 @@ impl Table {
     /// Parquet settings of the table's data files: Snappy (what Spark and pyarrow write
     /// by default, several times cheaper to encode than DataFusion's default zstd), no
     /// dictionary for columns that are (nearly) unique per row (ids, e-mails, addresses,
-    /// timestamps and Kafka offsets overflow the dictionary page anyway, so trying costs a
-    /// hash per value for nothing), and no compression of ids and offsets.
+    /// timestamps, arrival times and Kafka offsets overflow the dictionary page anyway, or
+    /// nearly, so trying costs a hash per value for nothing), and no compression of ids and
+    /// offsets.
     pub fn writer_properties(self) -> WriterProperties {
         let mut b = WriterProperties::builder().set_compression(Compression::SNAPPY);
         for c in self.schema().fields() {
@@ -109,6 +110,7 @@ impl Table {
                     | "email"
                     | "address"
                     | "timestamp"
+                    | "ingested_at"
                     | "source_offset"
                     | "payload"
                     | "detail"

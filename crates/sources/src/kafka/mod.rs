@@ -67,6 +67,9 @@ pub struct ExtractStats {
     pub commits: u64,
 }
 
+/// Records read between two reads of the clocks while records stream.
+const CLOCK_EVERY_RECORDS: u32 = 16;
+
 /// How far before its committed offset a partition is re-read on assignment (then skipped).
 const RESUME_REWIND: i64 = 10_000;
 
@@ -309,12 +312,23 @@ fn run(
     };
     let mut eof: BTreeSet<i32> = BTreeSet::new();
     let mut last_data = Instant::now();
+    let mut now = Utc::now();
+    let mut tick = Instant::now();
+    let mut records_since_clock: u32 = 0;
     loop {
         let polled = consumer.poll(Duration::from_millis(100));
-        // One read of each clock per turn of the loop (a turn is one record while reading).
-        let now = Utc::now();
-        let tick = Instant::now();
-        config.metrics.heartbeat(now);
+        // The clocks are read on every turn that brought no record, and every few records
+        // while records stream (a turn is one record then): `ingested_at` and the flush and
+        // idle deadlines need milliseconds, not a clock read per record.
+        let record = matches!(polled, Some(Ok(_)));
+        records_since_clock = if record { records_since_clock + 1 } else { 0 };
+        if !record || records_since_clock >= CLOCK_EVERY_RECORDS {
+            records_since_clock = 0;
+            now = Utc::now();
+            tick = Instant::now();
+            config.metrics.heartbeat(now);
+        }
+        let mut staged_one = false;
         {
             let mut state = consumer
                 .context()
@@ -370,6 +384,7 @@ fn run(
                         }
                         buf.last.insert(p, offset);
                         last_data = tick;
+                        staged_one = true;
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -382,7 +397,8 @@ fn run(
         let due = buf.rows() >= config.flush_max_rows
             || (!buf.last.is_empty()
                 && tick.saturating_duration_since(buf.since) >= config.flush_interval);
-        let caught_up = {
+        // A partition that just gave a record is not at its end.
+        let caught_up = !staged_one && {
             let state = consumer
                 .context()
                 .state

@@ -19,6 +19,9 @@ pub struct Position<'a> {
     pub offset: i64,
 }
 
+/// Characters of a UUID's text (`8-4-4-4-12` hex digits).
+const UUID_LEN: usize = 36;
+
 /// Days since 1970-01-01, the Arrow `Date32` value.
 fn date32(d: NaiveDate) -> i32 {
     (d - NaiveDate::default()).num_days() as i32
@@ -35,6 +38,16 @@ struct PositionColumns {
 }
 
 impl PositionColumns {
+    fn with_capacity(rows: usize, topic_bytes: usize) -> Self {
+        Self {
+            topic: StringBuilder::with_capacity(rows, topic_bytes),
+            partition: Int32Builder::with_capacity(rows),
+            offset: Int64Builder::with_capacity(rows),
+            ingested_at: TimestampMicrosecondBuilder::with_capacity(rows),
+            event_date: Date32Builder::with_capacity(rows),
+        }
+    }
+
     fn push(&mut self, pos: Position<'_>, now: DateTime<Utc>, day: NaiveDate) {
         self.topic.append_value(pos.topic);
         self.partition.append_value(pos.partition);
@@ -77,16 +90,28 @@ pub struct EventRows {
 
 impl EventRows {
     pub fn new(kind: EventKind, tz: chrono_tz::Tz) -> Self {
+        Self::with_capacity(kind, tz, 0, 0)
+    }
+
+    /// Buffers sized for `rows` rows of a topic name of `topic_len` bytes: an extractor
+    /// flushes about as many rows each time, so growing the buffers (copying them again
+    /// and again) would be repeated on every flush.
+    fn with_capacity(kind: EventKind, tz: chrono_tz::Tz, rows: usize, topic_len: usize) -> Self {
+        let ids = || StringBuilder::with_capacity(rows, rows * UUID_LEN);
+        let (quantity, price, kind_col) = match kind {
+            EventKind::Purchases => (rows, rows, 0),
+            EventKind::Interactions => (0, 0, rows),
+        };
         Self {
             kind,
             tz,
             len: 0,
-            ids: Default::default(),
-            quantity: Int32Builder::new(),
-            price: Decimal128Builder::new(),
-            kind_col: StringBuilder::new(),
-            timestamp: TimestampMicrosecondBuilder::new(),
-            pos: PositionColumns::default(),
+            ids: [ids(), ids(), ids(), ids()],
+            quantity: Int32Builder::with_capacity(quantity),
+            price: Decimal128Builder::with_capacity(price),
+            kind_col: StringBuilder::with_capacity(kind_col, kind_col * 8),
+            timestamp: TimestampMicrosecondBuilder::with_capacity(rows),
+            pos: PositionColumns::with_capacity(rows, rows * topic_len),
         }
     }
 
@@ -138,9 +163,24 @@ impl EventRows {
         Ok(())
     }
 
-    /// The buffered rows as one batch; the buffer is empty afterwards.
+    /// The buffered rows as one batch; the buffer is empty afterwards, with room for as
+    /// many rows again.
     pub fn finish(&mut self) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-        self.len = 0;
+        let rows = self.len;
+        let topic_len = self
+            .pos
+            .topic
+            .offsets_slice()
+            .get(1)
+            .map_or(0, |end| *end as usize);
+        let mut full = std::mem::replace(
+            self,
+            Self::with_capacity(self.kind, self.tz, rows, topic_len),
+        );
+        full.batch()
+    }
+
+    fn batch(&mut self) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
         let [a, b, c, d] = &mut self.ids;
         let mut cols: Vec<ArrayRef> = vec![
             Arc::new(a.finish()),
