@@ -271,7 +271,7 @@ mod tests {
                     let seller = sellers[(rng.next() % 7) as usize].clone();
                     let purchase = rng.text("xyé0".as_bytes(), 12);
                     let n = all.len() as i64;
-                    let row = (seller, purchase, n, rng.next() % 3 == 0);
+                    let row = (seller, purchase, n, rng.next().is_multiple_of(3));
                     all.push(row.clone());
                     row
                 })
