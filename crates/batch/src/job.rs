@@ -231,10 +231,29 @@ impl BatchJob {
         } = built;
         let Built {
             sales,
-            tables,
+            mut tables,
             summary,
         } = built;
         let day = summary.date;
+        // The rows go out in ClickHouse's sorting order (`crate::order`); sorted here, beside
+        // the next day's query, rather than in it.
+        let sort_started = Instant::now();
+        let sorted = tokio::task::spawn_blocking(move || order::by_seller_and_purchase(sales));
+        let sales = joined(
+            day,
+            "ordering sales rows",
+            sorted.await.map(|r| {
+                r.map_err(|source| Error::Arrow {
+                    day,
+                    step: "order sales rows",
+                    source,
+                })
+            }),
+        )?;
+        tracing::debug!(%day, seconds = sort_started.elapsed().as_secs_f64(), "sales rows ordered");
+        for t in tables.iter_mut().filter(|t| t.table == "sales") {
+            t.batches = sales.clone();
+        }
         let stage = self.stage.clone();
         let stage_task = tokio::spawn(async move {
             let t = Instant::now();
@@ -386,9 +405,6 @@ impl BatchJob {
         drop(raw);
         let keyed = keys::fill_client_keys(keyed, self.known_clients)
             .map_err(arrow_err("key unknown clients"))?;
-        let started = Instant::now();
-        let keyed = order::by_seller_and_purchase(keyed).map_err(arrow_err("order sales rows"))?;
-        tracing::debug!(%day, seconds = started.elapsed().as_secs_f64(), "sales rows ordered");
         // `stage.sales` and ClickHouse get the stage's columns; the aggregates the keys too.
         let sales = keyed
             .iter()
