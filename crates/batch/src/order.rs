@@ -99,17 +99,10 @@ fn sort_in_chunks(
         let (b, r) = locate(key as u32);
         purchases[b].value(r).as_bytes()
     };
-    let mut i = 0;
-    while i < keys.len() {
-        let head = keys[i] >> 32;
-        let mut j = i + 1;
-        while j < keys.len() && keys[j] >> 32 == head {
-            j += 1;
+    for tied in keys.chunk_by_mut(|a, b| a >> 32 == b >> 32) {
+        if tied.len() > 1 {
+            tied.sort_by(|a, b| purchase(*a).cmp(purchase(*b)).then(a.cmp(b)));
         }
-        if j - i > 1 {
-            keys[i..j].sort_by(|a, b| purchase(*a).cmp(purchase(*b)).then(a.cmp(b)));
-        }
-        i = j;
     }
 
     // Gathering straight into the final order reads every column at random over the whole
