@@ -13,23 +13,80 @@ mod error;
 mod maintain;
 mod upsert;
 
+use deltalake::arrow::array::{Array as _, Date32Array, UInt32Array};
+use deltalake::arrow::compute::take_record_batch;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter, WriteMode};
 use deltalake::DeltaTable;
+use indexmap::IndexMap;
 use lakeshop_model::arrow_schema;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 pub use error::{Error, Result};
 pub use maintain::{OptimizeReport, TableInfo, VacuumReport};
 pub use upsert::{UpdateWhen, Upsert, UpsertStats, Watermark};
+
+/// Streams `batch` into `writer`, one partition at a time. Event rows arrive nearly in time
+/// order, so a flush usually holds one day, sometimes two: the batch is split on the
+/// `event_date` values directly (none of the general splitter's row encoding and hashing)
+/// and, when it holds a single day, written as it is, without copying a column.
+async fn write_by_partition(
+    writer: &mut RecordBatchWriter,
+    table: Table,
+    batch: RecordBatch,
+) -> deltalake::DeltaResult<()> {
+    let [column] = table.partition_columns() else {
+        return writer.write(batch).await;
+    };
+    let Some(days) = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+        .filter(|d| d.null_count() == 0 && !d.is_empty())
+    else {
+        // Not the expected shape: the writer's own splitter reports what is wrong.
+        return writer.write(batch).await;
+    };
+    let partition = |row: usize| -> deltalake::DeltaResult<IndexMap<String, _>> {
+        let value = ScalarExt::from_array(days, row).ok_or_else(|| {
+            deltalake::DeltaTableError::Generic(format!("{column}: no partition value"))
+        })?;
+        Ok(IndexMap::from([(column.to_string(), value)]))
+    };
+    let values = days.values();
+    if values.iter().all(|d| *d == values[0]) {
+        let key = partition(0)?;
+        writer
+            .write_partition(batch, &key, WriteMode::Default)
+            .await?;
+        return Ok(());
+    }
+    // Rows per day, days in ascending order.
+    let mut rows: BTreeMap<i32, (usize, Vec<u32>)> = BTreeMap::new();
+    for (row, day) in values.iter().enumerate() {
+        rows.entry(*day)
+            .or_insert_with(|| (row, Vec::new()))
+            .1
+            .push(row as u32);
+    }
+    for (first, indices) in rows.into_values() {
+        let part = take_record_batch(&batch, &UInt32Array::from(indices))?;
+        let key = partition(first)?;
+        writer
+            .write_partition(part, &key, WriteMode::Default)
+            .await?;
+    }
+    Ok(())
+}
 
 /// The stage tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +184,13 @@ impl Table {
             if name.ends_with("_id") || name == "source_offset" {
                 b = b.set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
             }
+            // Random ids in arrival order: every file's min and max span nearly the whole
+            // id range, so their statistics prune nothing and cost a comparison per value.
+            // (`stage.sales` is written in seller order: its statistics are kept.)
+            if name.ends_with("_id") && matches!(self, Table::Purchases | Table::Interactions) {
+                b = b
+                    .set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::None);
+            }
         }
         b.build()
     }
@@ -170,15 +234,53 @@ pub fn app_id(topic: &str, partition: i32) -> String {
     format!("kafka:{topic}:{partition}")
 }
 
+/// The `txn` versions a table version is known to hold, without reading its log: the app
+/// ids this process committed at that version (and, through commits of its own in a row,
+/// at the versions before it).
+#[derive(Debug, Default)]
+struct KnownTxns {
+    version: u64,
+    apps: HashMap<String, i64>,
+}
+
 /// The stage layer.
 #[derive(Debug, Clone)]
 pub struct Stage {
     options: StageOptions,
+    /// Per table, what the last commit made through this stage left in the log: an
+    /// extractor checks its offsets before every commit, and while nobody else committed
+    /// in between, the answer is what it committed itself (reading it from the log replays
+    /// every commit since the last checkpoint, for each partition, on every flush).
+    known: Arc<Mutex<HashMap<Table, KnownTxns>>>,
 }
 
 impl Stage {
     pub fn new(options: StageOptions) -> Self {
-        Self { options }
+        Self {
+            options,
+            known: Arc::default(),
+        }
+    }
+
+    /// The version of `app` at `version` of `table`, when a commit of this stage left it.
+    fn known_txn(&self, table: Table, version: u64, app: &str) -> Option<Option<i64>> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let k = known.get(&table).filter(|k| k.version == version)?;
+        k.apps.get(app).map(|v| Some(*v))
+    }
+
+    /// Records the `txns` committed at `version` of `table`, on top of what the version
+    /// before it held when that is known too.
+    fn remember_txns(&self, table: Table, version: u64, txns: &[Transaction]) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let k = known.entry(table).or_default();
+        if k.version + 1 != version {
+            k.apps.clear();
+        }
+        k.version = version;
+        for t in txns {
+            k.apps.insert(t.app_id.clone(), t.version);
+        }
     }
 
     /// The root URI as given.
@@ -303,12 +405,16 @@ impl Stage {
             .await
             .map_err(Self::delta_err("refresh", table))?;
         if let Ok(snapshot) = handle.snapshot() {
+            let version = snapshot.version();
             for o in offsets {
                 let id = app_id(&o.topic, o.partition);
-                let found = snapshot
-                    .transaction_version(handle.log_store().as_ref(), &id)
-                    .await
-                    .map_err(Self::delta_err("read offsets", table))?;
+                let found = match self.known_txn(table, version, &id) {
+                    Some(found) => found,
+                    None => snapshot
+                        .transaction_version(handle.log_store().as_ref(), &id)
+                        .await
+                        .map_err(Self::delta_err("read offsets", table))?,
+                };
                 if found != o.expected {
                     return Err(Error::OffsetsMoved {
                         table: table.name().to_string(),
@@ -336,7 +442,9 @@ impl Stage {
             .map_err(err)?
             .with_writer_properties(table.writer_properties());
         for batch in batches {
-            writer.write(batch).await.map_err(err)?;
+            write_by_partition(&mut writer, table, batch)
+                .await
+                .map_err(err)?;
         }
         let actions: Vec<Action> = writer
             .flush()
@@ -346,10 +454,13 @@ impl Stage {
             .map(Action::Add)
             .collect();
         let props = CommitProperties::default()
-            .with_application_transactions(txns)
+            .with_application_transactions(txns.clone())
             .with_max_retries(20);
-        self.commit_append(table, handle, actions, props, "append")
-            .await
+        let version = self
+            .commit_append(table, handle, actions, props, "append")
+            .await?;
+        self.remember_txns(table, version, &txns);
+        Ok(version)
     }
 
     /// Commits `actions` (added files, possibly none) as an append to `table`, with the
@@ -429,5 +540,167 @@ impl Stage {
             .await
             .map_err(Self::delta_err("replace", table))?;
         Ok(new.version().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+    use deltalake::arrow::array::{
+        ArrayRef, BinaryArray, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use deltalake::datafusion::prelude::SessionContext;
+
+    /// Dead letters of partition 0 at `offsets`, one per (offset, day) pair.
+    fn dead_letters(rows: &[(i64, i32)]) -> RecordBatch {
+        let n = rows.len();
+        let text = |s: &str| Arc::new(StringArray::from(vec![s; n])) as ArrayRef;
+        RecordBatch::try_new(
+            Table::DeadLetters.schema(),
+            vec![
+                text("kafka"),
+                text("t"),
+                Arc::new(Int32Array::from(vec![0; n])),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(BinaryArray::from_iter_values(rows.iter().map(|_| b"{"))),
+                text("bad_json"),
+                text("EOF while parsing"),
+                Arc::new(TimestampMicrosecondArray::from(vec![0; n]).with_timezone("UTC")),
+                Arc::new(Date32Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .expect("dead letter batch")
+    }
+
+    fn commit(expected: Option<i64>, last: i64) -> Vec<OffsetCommit> {
+        vec![OffsetCommit {
+            topic: "t".to_string(),
+            partition: 0,
+            expected,
+            last,
+        }]
+    }
+
+    /// Rows per day and data files per day, read back through the Delta table.
+    async fn per_day(stage: &Stage) -> Vec<(i32, i64, usize)> {
+        let handle = stage.open(Table::DeadLetters).await.expect("open");
+        let mut files: BTreeMap<String, usize> = BTreeMap::new();
+        for path in handle.get_file_uris().expect("files") {
+            let day = path
+                .split('/')
+                .find_map(|p| p.strip_prefix("event_date="))
+                .expect("partition folder")
+                .to_string();
+            *files.entry(day).or_default() += 1;
+        }
+        let ctx = SessionContext::new();
+        stage
+            .register(&ctx, &[Table::DeadLetters])
+            .await
+            .expect("register");
+        let sql = "SELECT CAST(event_date AS INT) AS d, count(*) AS n \
+                   FROM dead_letters GROUP BY 1 ORDER BY 1";
+        let batches = ctx
+            .sql(sql)
+            .await
+            .expect("sql")
+            .collect()
+            .await
+            .expect("rows");
+        let mut out = Vec::new();
+        for b in batches {
+            let d = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .expect("d");
+            let n = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("n");
+            for i in 0..b.num_rows() {
+                let day = NaiveDate::default() + chrono::Days::new(d.value(i) as u64);
+                let day_files = files.get(&day.to_string()).copied().unwrap_or(0);
+                out.push((d.value(i), n.value(i), day_files));
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn appends_split_rows_by_day_and_check_offsets_against_other_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StageOptions {
+            uri: dir.path().to_string_lossy().to_string(),
+            storage_options: HashMap::new(),
+        };
+        let (a, b) = (Stage::new(options.clone()), Stage::new(options));
+        let mut ha = a.open(Table::DeadLetters).await.expect("open a");
+        // One day, then days interleaved (20001 before 20000 in the batch).
+        let one_day = dead_letters(&[(0, 20000), (1, 20000)]);
+        a.append(Table::DeadLetters, &mut ha, vec![one_day], &commit(None, 1))
+            .await
+            .expect("first append");
+        let mixed = dead_letters(&[(2, 20001), (3, 20000), (4, 20002), (5, 20001)]);
+        a.append(
+            Table::DeadLetters,
+            &mut ha,
+            vec![mixed],
+            &commit(Some(1), 5),
+        )
+        .await
+        .expect("mixed append");
+        assert_eq!(
+            per_day(&a).await,
+            vec![(20000, 3, 2), (20001, 2, 1), (20002, 1, 1)]
+        );
+        let offsets = a.offsets(&ha, "t", &[0]).await.expect("offsets");
+        assert_eq!(offsets.get(&0), Some(&6));
+
+        // Another writer moves the partition on; the first one's stale view is refused,
+        // although its own last commit told it where the partition was.
+        let mut hb = b.open(Table::DeadLetters).await.expect("open b");
+        b.append(
+            Table::DeadLetters,
+            &mut hb,
+            vec![dead_letters(&[(6, 20002)])],
+            &commit(Some(5), 6),
+        )
+        .await
+        .expect("other writer");
+        let stale = a
+            .append(
+                Table::DeadLetters,
+                &mut ha,
+                vec![dead_letters(&[(6, 20002)])],
+                &commit(Some(5), 6),
+            )
+            .await;
+        assert!(
+            matches!(
+                stale,
+                Err(Error::OffsetsMoved {
+                    found: Some(6),
+                    expected: Some(5),
+                    ..
+                })
+            ),
+            "{stale:?}"
+        );
+        // With the offsets it now reads, it goes on.
+        a.append(
+            Table::DeadLetters,
+            &mut ha,
+            vec![dead_letters(&[(7, 20002)])],
+            &commit(Some(6), 7),
+        )
+        .await
+        .expect("append after re-reading");
+        assert_eq!(
+            per_day(&a).await,
+            vec![(20000, 3, 2), (20001, 2, 1), (20002, 3, 3)]
+        );
     }
 }
