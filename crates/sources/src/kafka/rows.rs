@@ -226,18 +226,25 @@ pub struct DeadLetterRows {
 
 impl DeadLetterRows {
     pub fn new(tz: chrono_tz::Tz) -> Self {
+        Self::with_capacity(tz, 0, 0)
+    }
+
+    /// Buffers sized for `rows` rows of `payload_bytes` raw bytes and as many bytes of
+    /// detail (as [`EventRows`]: sized from the last flush rather than grown every time).
+    fn with_capacity(tz: chrono_tz::Tz, rows: usize, payload_bytes: usize) -> Self {
+        let text = |bytes| StringBuilder::with_capacity(rows, bytes);
         Self {
             tz,
             len: 0,
-            source: StringBuilder::new(),
-            topic: StringBuilder::new(),
-            partition: Int32Builder::new(),
-            offset: Int64Builder::new(),
-            payload: BinaryBuilder::new(),
-            reason: StringBuilder::new(),
-            detail: StringBuilder::new(),
-            at: TimestampMicrosecondBuilder::new(),
-            event_date: Date32Builder::new(),
+            source: text(rows * 8),
+            topic: text(rows * 32),
+            partition: Int32Builder::with_capacity(rows),
+            offset: Int64Builder::with_capacity(rows),
+            payload: BinaryBuilder::with_capacity(rows, payload_bytes),
+            reason: text(rows * 24),
+            detail: text(payload_bytes),
+            at: TimestampMicrosecondBuilder::with_capacity(rows),
+            event_date: Date32Builder::with_capacity(rows),
         }
     }
 
@@ -264,21 +271,23 @@ impl DeadLetterRows {
         self.len += 1;
     }
 
-    /// The buffered rows as one batch; the buffer is empty afterwards.
+    /// The buffered rows as one batch; the buffer is empty afterwards, with room for as
+    /// many rows again.
     pub fn finish(&mut self) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-        self.len = 0;
+        let (rows, payload_bytes) = (self.len, self.payload.values_slice().len());
+        let mut full = std::mem::replace(self, Self::with_capacity(self.tz, rows, payload_bytes));
         RecordBatch::try_new(
             arrow_schema::stage_dead_letter(),
             vec![
-                Arc::new(self.source.finish()),
-                Arc::new(self.topic.finish()),
-                Arc::new(self.partition.finish()),
-                Arc::new(self.offset.finish()),
-                Arc::new(self.payload.finish()),
-                Arc::new(self.reason.finish()),
-                Arc::new(self.detail.finish()),
-                Arc::new(self.at.finish().with_timezone("UTC")),
-                Arc::new(self.event_date.finish()),
+                Arc::new(full.source.finish()),
+                Arc::new(full.topic.finish()),
+                Arc::new(full.partition.finish()),
+                Arc::new(full.offset.finish()),
+                Arc::new(full.payload.finish()),
+                Arc::new(full.reason.finish()),
+                Arc::new(full.detail.finish()),
+                Arc::new(full.at.finish().with_timezone("UTC")),
+                Arc::new(full.event_date.finish()),
             ],
         )
     }
