@@ -226,23 +226,36 @@ pub struct DeadLetterRows {
 
 impl DeadLetterRows {
     pub fn new(tz: chrono_tz::Tz) -> Self {
-        Self::with_capacity(tz, 0, 0)
-    }
-
-    /// Buffers sized for `rows` rows of `payload_bytes` raw bytes and as many bytes of
-    /// detail (as [`EventRows`]: sized from the last flush rather than grown every time).
-    fn with_capacity(tz: chrono_tz::Tz, rows: usize, payload_bytes: usize) -> Self {
-        let text = |bytes| StringBuilder::with_capacity(rows, bytes);
         Self {
             tz,
             len: 0,
-            source: text(rows * 8),
-            topic: text(rows * 32),
+            source: StringBuilder::new(),
+            topic: StringBuilder::new(),
+            partition: Int32Builder::new(),
+            offset: Int64Builder::new(),
+            payload: BinaryBuilder::new(),
+            reason: StringBuilder::new(),
+            detail: StringBuilder::new(),
+            at: TimestampMicrosecondBuilder::new(),
+            event_date: Date32Builder::new(),
+        }
+    }
+
+    /// Empty buffers with room for what these hold now (as [`EventRows`]: sized from the
+    /// last flush rather than grown every time).
+    fn sized_like(&self) -> Self {
+        let rows = self.len;
+        let text = |b: &StringBuilder| StringBuilder::with_capacity(rows, b.values_slice().len());
+        Self {
+            tz: self.tz,
+            len: 0,
+            source: text(&self.source),
+            topic: text(&self.topic),
             partition: Int32Builder::with_capacity(rows),
             offset: Int64Builder::with_capacity(rows),
-            payload: BinaryBuilder::with_capacity(rows, payload_bytes),
-            reason: text(rows * 24),
-            detail: text(payload_bytes),
+            payload: BinaryBuilder::with_capacity(rows, self.payload.values_slice().len()),
+            reason: text(&self.reason),
+            detail: text(&self.detail),
             at: TimestampMicrosecondBuilder::with_capacity(rows),
             event_date: Date32Builder::with_capacity(rows),
         }
@@ -274,8 +287,8 @@ impl DeadLetterRows {
     /// The buffered rows as one batch; the buffer is empty afterwards, with room for as
     /// many rows again.
     pub fn finish(&mut self) -> Result<RecordBatch, deltalake::arrow::error::ArrowError> {
-        let (rows, payload_bytes) = (self.len, self.payload.values_slice().len());
-        let mut full = std::mem::replace(self, Self::with_capacity(self.tz, rows, payload_bytes));
+        let next = self.sized_like();
+        let mut full = std::mem::replace(self, next);
         RecordBatch::try_new(
             arrow_schema::stage_dead_letter(),
             vec![
