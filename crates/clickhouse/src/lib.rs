@@ -19,6 +19,7 @@ pub mod migrate;
 mod native;
 pub mod report;
 pub mod sink;
+pub mod stream;
 mod tsv;
 
 pub use config::{
@@ -28,3 +29,4 @@ pub use error::{Error, Result};
 pub use migrate::{MigrateReport, Migration};
 pub use report::{Kind, Report, ReportTable};
 pub use sink::TableRows;
+pub use stream::{RowBinary, StreamTable};

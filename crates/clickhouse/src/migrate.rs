@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_batch_rollups.sql",
         include_str!("../../../schemas/clickhouse/0002_batch_rollups.sql"),
     ),
+    (
+        "0003_stream_tables.sql",
+        include_str!("../../../schemas/clickhouse/0003_stream_tables.sql"),
+    ),
 ];
 
 /// The table recording applied migrations.
