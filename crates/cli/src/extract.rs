@@ -180,24 +180,15 @@ async fn events(config: &Config, args: &ExtractArgs, kind: EventKind) -> Result<
         metrics: metrics.clone(),
     };
     // SIGTERM or Ctrl-C: commit what is buffered and exit 0.
-    let signals = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            wait_for_shutdown().await;
-            tracing::info!("shutdown requested; draining");
-            stop.store(true, Ordering::Relaxed);
-        })
-    };
+    let signals = lakeshop_service::stop_on_signal(stop.clone());
     let server = if args.follow && !args.no_metrics {
-        Some(serve_metrics(args.metrics_listen, metrics).await?)
+        Some(serve_metrics(args.metrics_listen, &metrics, &source.client).await?)
     } else {
         None
     };
     let done = lakeshop_sources::kafka::extract(&stage(config), &source).await;
     signals.abort();
-    if let Some(s) = server {
-        s.abort();
-    }
+    drop(server);
     let stats = done.with_context(|| format!("extract {role}"))?;
     Ok(serde_json::json!({
         "source": role,
@@ -208,86 +199,21 @@ async fn events(config: &Config, args: &ExtractArgs, kind: EventKind) -> Result<
     }))
 }
 
-async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Serves `/metrics` (Prometheus text) and `/healthz` on `addr` until aborted.
+/// Serves `/metrics` (the extractor's counters) and `/healthz` (the consumer loop turns, the
+/// broker answers) on `addr` until the returned server is dropped.
 async fn serve_metrics(
     addr: SocketAddr,
-    metrics: ExtractMetrics,
-) -> Result<tokio::task::JoinHandle<()>> {
-    use axum::http::{header, StatusCode};
-    use axum::routing::get;
+    metrics: &ExtractMetrics,
+    kafka: &rdkafka::ClientConfig,
+) -> Result<lakeshop_service::Server> {
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let registry = Arc::new(registry);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => (
-                            StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            body,
-                        ),
-                        Err(e) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                            e.to_string(),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get(move || {
-                let age = metrics.seconds_since_heartbeat();
-                async move {
-                    if age <= HEALTHY_WITHIN_SECS {
-                        (StatusCode::OK, "ok\n".to_string())
-                    } else {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("consumer loop stalled for {age} s\n"),
-                        )
-                    }
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics listener on {addr}"))?;
-    tracing::info!(%addr, "serving /metrics and /healthz");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "metrics server stopped");
-        }
-    }))
+    let heartbeat = metrics.clone();
+    let health = lakeshop_service::Health::heartbeat(
+        "consumer_loop",
+        move || heartbeat.seconds_since_heartbeat(),
+        HEALTHY_WITHIN_SECS,
+    )
+    .with(lakeshop_service::Health::kafka("kafka", kafka.clone()));
+    Ok(lakeshop_service::serve(addr, registry, health).await?)
 }
