@@ -1,18 +1,22 @@
 """lakeshop daily: extract every source into the stage layer, build yesterday's business day
-into ClickHouse with `lakeshop batch run`, then check the run's summary.
+into ClickHouse with `lakeshop batch run`, then check the run's summary and reconcile the
+streaming loader's totals of the day with the batch job's.
 
 Graph:
 
-    extract_clients ─────┐
-    extract_sellers ─────┤
-    extract_products ────┼─► batch_run ─► check_batch_summary
-    extract_purchases ───┘
+    extract_clients ─────┐                ┌─► check_batch_summary
+    extract_sellers ─────┤                │
+    extract_products ────┼─► batch_run ───┤
+    extract_purchases ───┘                └─► reconcile
     extract_interactions            (alone: the batch does not read interactions)
 
 The extracts write different stage tables, so they run in parallel; each is incremental and
 exactly once, so a retry or an extra run is harmless. `batch_run` replaces one business day as a
 whole (idempotent), prints its summary as JSON and pushes it through XCom;
 `check_batch_summary` fails the run when the counts do not add up (rules in lakeshop_dq.py).
+`reconcile` runs `lakeshop reconcile --date DAY --json` (its JSON report goes to the task log)
+and fails the run when the stream's day, hours, sellers, products or categories differ from the
+batch tables in a way dimension drift does not explain (exit status 1).
 
 Business day: the day before the run's trigger time, in the business time zone. The schedule
 is 00:30 there, so the day is closed; purchases that arrive later are picked up by re-running
@@ -148,7 +152,8 @@ def run_lakeshop(args: list[str], *, capture_stdout: bool = False) -> str:
 
 @dag(
     dag_id="lakeshop_daily",
-    description="Extract sources into the stage, build yesterday into ClickHouse, check it",
+    description="Extract sources into the stage, build yesterday into ClickHouse, check it and "
+    "reconcile the stream with it",
     schedule=CronTriggerTimetable(SCHEDULE, timezone=TIMEZONE),
     start_date=dt.datetime(2026, 1, 1, tzinfo=ZoneInfo(TIMEZONE)),
     catchup=False,
@@ -197,12 +202,20 @@ def lakeshop_daily():
         log.info("batch summary for %s passed: %s", day, totals)
         return totals
 
+    @task(retries=0, execution_timeout=dt.timedelta(minutes=30))
+    def reconcile() -> None:
+        """`lakeshop reconcile --date DAY --json`: the stream's totals of the day against the
+        batch tables batch_run just replaced; fails on a difference drift does not explain."""
+        day = run_day(get_current_context())
+        run_lakeshop(["reconcile", "--date", day, "--json"])
+
     extracts = {
         source: extract.override(task_id=f"extract_{source}")(source) for source in EXTRACTS
     }
     summary = batch_run()
     [extracts[source] for source in BATCH_INPUTS] >> summary
     check_batch_summary(summary)
+    summary >> reconcile()
 
 
 lakeshop_daily()

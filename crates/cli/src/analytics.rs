@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::config::{self, Config};
 use crate::{BatchRunArgs, RangeArgs, ReportArgs, ReportCommand};
 
-fn clickhouse(config: &Config) -> Result<ClickHouse> {
+pub(crate) fn clickhouse(config: &Config) -> Result<ClickHouse> {
     Ok(ClickHouse::new(&ClickHouseOptions {
         url: config.clickhouse.url.clone(),
         database: config.clickhouse.database.clone(),
@@ -34,7 +34,7 @@ fn yesterday(config: &Config) -> Result<NaiveDate> {
 }
 
 /// `--date` / `--from` + `--to` / nothing (yesterday) as an inclusive range.
-fn range(
+pub(crate) fn range(
     config: &Config,
     date: Option<&str>,
     from: Option<&str>,

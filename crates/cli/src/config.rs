@@ -322,16 +322,27 @@ pub struct StreamConfig {
     /// Lateness accepted before a window closes. Default `5m`.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
-    /// Flush upserts and commit offsets at most this often. Default `1s`.
+    /// Flush changed windows and the checkpoint at least this often while records flow:
+    /// the pace of event-to-ClickHouse latency (each flush is up to four small inserts).
+    /// Default `200ms`.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Records read but not yet acknowledged by ClickHouse before reading pauses
+    /// (backpressure while ClickHouse is down). Default 500000.
+    pub max_unacked_records: usize,
+    /// How often the dimension tables' Delta versions are checked; the cache is read again
+    /// when one moved. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub dims_refresh: Duration,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             allowed_lateness: Duration::from_secs(300),
-            flush_interval: Duration::from_secs(1),
+            flush_interval: Duration::from_millis(200),
+            max_unacked_records: 500_000,
+            dims_refresh: Duration::from_secs(5),
         }
     }
 }

@@ -19,7 +19,9 @@ macro_rules! out {
 mod analytics;
 mod config;
 mod extract;
+mod reconcile;
 mod stage_cmd;
+mod stream;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -127,8 +129,13 @@ enum Command {
     #[command(subcommand, after_help = "Example: lakeshop stream run")]
     Stream(StreamCommand),
     /// Check that a closed day's streaming totals equal the batch totals exactly.
-    #[command(after_help = "Example: lakeshop reconcile --date 2026-11-21")]
-    Reconcile(DateArgs),
+    ///
+    /// Compares the stream's day windows (total, sellers, products, categories) and hour
+    /// windows with the batch tables, money exactly. Exit status 0 when every difference is
+    /// explained by dimension drift (products re-categorised between the stream and the batch
+    /// run), 1 otherwise.
+    #[command(after_help = "Example: lakeshop reconcile --date 2026-11-21 --json")]
+    Reconcile(ReconcileArgs),
     /// Serve the REST ingest API, reports, OpenAPI and /metrics.
     #[command(after_help = "Example: lakeshop serve --listen 127.0.0.1:8080")]
     Serve(ServeArgs),
@@ -324,10 +331,19 @@ struct RangeArgs {
 }
 
 #[derive(Debug, Args)]
-struct DateArgs {
+struct ReconcileArgs {
     /// Business day, YYYY-MM-DD (default: yesterday).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["from", "to"])]
     date: Option<String>,
+    /// First day of a range.
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// Last day of a range (inclusive).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Print the whole comparison (every row of every check) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,7 +385,31 @@ struct ReportArgs {
 enum StreamCommand {
     /// Consume purchases, enrich, aggregate in windows and upsert into ClickHouse.
     #[command(after_help = "Example: lakeshop stream run")]
-    Run,
+    Run(StreamRunArgs),
+}
+
+#[derive(Debug, Args)]
+struct StreamRunArgs {
+    /// Share the partitions with the other loaders of the consumer group (default: read
+    /// every partition, no group coordination).
+    #[arg(long)]
+    group: bool,
+    /// Stop once every partition reached its end and everything is in ClickHouse
+    /// (default: follow forever).
+    #[arg(long)]
+    until_end: bool,
+    /// With --until-end: how long every partition must stay at its end before stopping.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    idle: std::time::Duration,
+    /// Flush at least this often (overrides `[stream] flush_interval`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    flush_interval: Option<std::time::Duration>,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    metrics_listen: std::net::SocketAddr,
+    /// Do not serve /metrics and /healthz.
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 #[derive(Debug, Args)]
@@ -505,8 +545,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Replay(args) => analytics::replay(&Config::load(&cli.config)?, args).await,
         Command::Report(cmd) => analytics::report(&Config::load(&cli.config)?, cmd).await,
-        Command::Stream(_) => Ok(not_built("stream run")),
-        Command::Reconcile(_) => Ok(not_built("reconcile")),
+        Command::Stream(StreamCommand::Run(args)) => {
+            stream::run(&Config::load(&cli.config)?, args).await
+        }
+        Command::Reconcile(args) => reconcile::run(&Config::load(&cli.config)?, args).await,
         Command::Serve(_) => Ok(not_built("serve")),
     }
 }

@@ -204,12 +204,19 @@ fn help_shows_the_whole_command_tree_and_unbuilt_commands_exit_2() {
         help.matches("Example: lakeshop").count() >= 28,
         "each command has an example"
     );
-    let out = Command::new(bin)
-        .args(["reconcile", "--date", "2026-01-01"])
-        .output()
-        .expect("run");
+    let out = Command::new(bin).args(["serve"]).output().expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    // A built command checks its flags before it connects to anything.
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(root().join("pipelines/shop.toml"))
+        .args(["reconcile", "--date", "2026-13-01"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a YYYY-MM-DD date"), "{err}");
 }
 
 /// A reader that went away (`lakeshop ... | head`) ends a command quietly: exit 0 and no

@@ -2,8 +2,8 @@
 //!
 //! Deterministic from a seed: clients and sellers into PostgreSQL, the product catalogue as
 //! the source Delta table, purchases and interactions into Kafka, and a ground-truth file
-//! (per day × seller, × category, × product: purchases, items, exact revenue; distinct
-//! clients per day) that every later stage is checked against. Knobs add what real feeds
+//! (per day × seller, × category, × product, and per minute and hour of the business time
+//! zone: purchases, items, exact revenue; exact distinct clients per day, hour and minute) that every later stage is checked against. Knobs add what real feeds
 //! carry: re-sent duplicates, purchases of products or sellers not in the catalogue, and
 //! invalid records of many kinds, each counted in the truth.
 
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 pub use data::{BadKind, World};
 pub use error::{Error, Result};
-pub use truth::{Bucket, DayTruth, Truth};
+pub use truth::{hour_start, minute_start, window_key, Bucket, DayTruth, Truth};
 
 /// Which outputs a run writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -239,5 +239,98 @@ mod tests {
             assert_eq!(revenue, d.total.revenue);
             assert!(d.distinct_clients <= d.total.purchases);
         }
+    }
+
+    #[test]
+    fn minutes_and_hours_add_up_to_the_day_in_the_business_zone() {
+        let now = Utc::now();
+        let mut o = opts(5);
+        // +05:30: hours start at half past a UTC hour.
+        o.timezone = chrono_tz::Asia::Kolkata;
+        let world = World::generate(&o, now);
+        let mut truth = Truth::new(&o, now);
+        truth.index(&world);
+        kafka::history_messages(&o, &world, now, &mut truth).expect("gen");
+        for (day, d) in &truth.days {
+            for (windows, clients) in [
+                (&d.by_minute, &d.minute_clients),
+                (&d.by_hour, &d.hour_clients),
+            ] {
+                let purchases: u64 = windows.values().map(|b| b.purchases).sum();
+                let items: u64 = windows.values().map(|b| b.items).sum();
+                let revenue: rust_decimal::Decimal = windows.values().map(|b| b.revenue).sum();
+                assert_eq!(purchases, d.total.purchases, "{day}");
+                assert_eq!(items, d.total.items, "{day}");
+                assert_eq!(revenue, d.total.revenue, "{day}");
+                assert_eq!(
+                    clients.keys().collect::<Vec<_>>(),
+                    windows.keys().collect::<Vec<_>>()
+                );
+                for (k, b) in windows {
+                    assert!((1..=b.purchases).contains(&clients[k]), "{k}");
+                    let start = chrono::DateTime::parse_from_rfc3339(k).expect("rfc 3339");
+                    assert_eq!(window_key(start.with_timezone(&Utc)), *k);
+                    let local = start.with_timezone(&o.timezone);
+                    assert_eq!(
+                        data::business_day(start.with_timezone(&Utc), o.timezone),
+                        *day
+                    );
+                    assert_eq!(chrono::Timelike::second(&local), 0, "{k}");
+                }
+            }
+            assert!(d.by_hour.len() <= 24);
+            for k in d.by_hour.keys() {
+                assert!(
+                    k.ends_with(":30:00Z"),
+                    "Kolkata hours start at :30 UTC: {k}"
+                );
+            }
+            assert!(d.hour_clients.values().all(|c| *c <= d.distinct_clients));
+        }
+        // The file keeps the windows and still reads without them.
+        let json = serde_json::to_value(&truth).expect("json");
+        let back: Truth = serde_json::from_value(json.clone()).expect("read back");
+        assert_eq!(
+            serde_json::to_value(&back.days).expect("json"),
+            json["days"]
+        );
+        let mut old = json;
+        for d in old["days"].as_object_mut().expect("days").values_mut() {
+            for k in ["by_minute", "by_hour", "minute_clients", "hour_clients"] {
+                d.as_object_mut().expect("day").remove(k);
+            }
+        }
+        let old: Truth = serde_json::from_value(old).expect("an older file reads");
+        assert!(old.days.values().all(|d| d.by_minute.is_empty()));
+        assert_eq!(old.tz(), chrono_tz::Asia::Kolkata);
+    }
+
+    #[test]
+    fn window_starts_follow_the_zone() {
+        let ts = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("ts")
+                .with_timezone(&Utc)
+        };
+        let t = ts("2026-11-25T10:17:42Z");
+        assert_eq!(window_key(minute_start(t)), "2026-11-25T10:17:00Z");
+        assert_eq!(
+            window_key(hour_start(t, chrono_tz::UTC)),
+            "2026-11-25T10:00:00Z"
+        );
+        assert_eq!(
+            window_key(hour_start(t, chrono_tz::Asia::Kolkata)),
+            "2026-11-25T09:30:00Z"
+        );
+        // Berlin falls back on 2026-10-25: local 02:00-03:00 happens twice, two windows.
+        let berlin = chrono_tz::Europe::Berlin;
+        assert_eq!(
+            window_key(hour_start(ts("2026-10-25T00:10:00Z"), berlin)),
+            "2026-10-25T00:00:00Z"
+        );
+        assert_eq!(
+            window_key(hour_start(ts("2026-10-25T01:10:00Z"), berlin)),
+            "2026-10-25T01:00:00Z"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The ground truth of a run: what every later stage must reproduce exactly.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Timelike, Utc};
+use chrono_tz::Tz;
 use lakeshop_model::{Purchase, Reason, UNKNOWN};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -44,8 +45,50 @@ pub struct DayTruth {
     pub by_product: BTreeMap<String, Bucket>,
     /// Purchases counted in an `unknown` bucket of any dimension.
     pub unknown_purchases: u64,
+    /// By minute of the business time zone, keyed by the minute's start as a UTC instant in
+    /// RFC 3339 (`2026-11-25T10:17:00Z`, see [`window_key`]). Absent from files written
+    /// before it was added.
+    #[serde(default)]
+    pub by_minute: BTreeMap<String, Bucket>,
+    /// By hour of the business time zone, keyed like `by_minute` by the hour's start as a
+    /// UTC instant (a zone at +05:30 has hours starting at `…:30:00Z`).
+    #[serde(default)]
+    pub by_hour: BTreeMap<String, Bucket>,
+    /// Exact distinct clients per minute, keyed as `by_minute`.
+    #[serde(default)]
+    pub minute_clients: BTreeMap<String, u64>,
+    /// Exact distinct clients per hour, keyed as `by_hour`.
+    #[serde(default)]
+    pub hour_clients: BTreeMap<String, u64>,
     #[serde(skip)]
     clients: HashSet<Uuid>,
+    /// (window start in UTC seconds, client) pairs already counted, minutes and hours apart.
+    #[serde(skip)]
+    minute_seen: HashSet<(i64, Uuid)>,
+    #[serde(skip)]
+    hour_seen: HashSet<(i64, Uuid)>,
+}
+
+/// The key of a window in [`DayTruth::by_minute`] and [`DayTruth::by_hour`]: its start as
+/// RFC 3339 UTC text, `%Y-%m-%dT%H:%M:%SZ`.
+pub fn window_key(start: DateTime<Utc>) -> String {
+    start.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The start of the business-time-zone minute holding `ts`. Zone offsets are whole minutes
+/// (since well before 2000, the earliest valid purchase), so this is the UTC minute.
+pub fn minute_start(ts: DateTime<Utc>) -> DateTime<Utc> {
+    let secs = ts.timestamp().div_euclid(60) * 60;
+    DateTime::from_timestamp(secs, 0).unwrap_or(ts)
+}
+
+/// The start of the business-time-zone hour holding `ts`: `ts` less the minutes and seconds
+/// past the local hour, so a +05:30 zone's hours start at half past a UTC hour, and the two
+/// local 02:00 hours of a daylight-saving fall-back are two windows.
+pub fn hour_start(ts: DateTime<Utc>, tz: Tz) -> DateTime<Utc> {
+    let local = ts.with_timezone(&tz);
+    let past = i64::from(local.minute() * 60 + local.second());
+    DateTime::from_timestamp(ts.timestamp() - past, 0).unwrap_or(ts)
 }
 
 /// Counts of what was written.
@@ -94,6 +137,9 @@ pub struct Truth {
     pub seconds: f64,
     #[serde(skip)]
     index: Option<Index>,
+    /// The zone `timezone` names, kept from the options (a loaded file parses `timezone`).
+    #[serde(skip)]
+    tz: Option<Tz>,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +163,7 @@ impl Truth {
             days: BTreeMap::new(),
             seconds: 0.0,
             index: None,
+            tz: Some(opts.timezone),
         }
     }
 
@@ -131,8 +178,17 @@ impl Truth {
         });
     }
 
+    /// The business time zone: the one the run was made with, else the one `timezone`
+    /// names (UTC when it names none).
+    pub fn tz(&self) -> Tz {
+        self.tz
+            .or_else(|| self.timezone.parse().ok())
+            .unwrap_or(Tz::UTC)
+    }
+
     /// Counts a distinct valid purchase.
     pub(crate) fn purchase(&mut self, p: &Purchase, day: NaiveDate) {
+        let tz = self.tz();
         let index = self.index.as_ref().expect("index() before purchase()");
         let seller = p
             .seller_id
@@ -151,6 +207,20 @@ impl Truth {
         d.by_product.entry(product).or_default().add(p);
         if d.clients.insert(p.client_id) {
             d.distinct_clients += 1;
+        }
+        let minute = minute_start(p.timestamp);
+        let minute_key = window_key(minute);
+        d.by_minute.entry(minute_key.clone()).or_default().add(p);
+        let clients = d.minute_clients.entry(minute_key).or_default();
+        if d.minute_seen.insert((minute.timestamp(), p.client_id)) {
+            *clients += 1;
+        }
+        let hour = hour_start(p.timestamp, tz);
+        let hour_key = window_key(hour);
+        d.by_hour.entry(hour_key.clone()).or_default().add(p);
+        let clients = d.hour_clients.entry(hour_key).or_default();
+        if d.hour_seen.insert((hour.timestamp(), p.client_id)) {
+            *clients += 1;
         }
         self.counts.purchases += 1;
         if unknown {

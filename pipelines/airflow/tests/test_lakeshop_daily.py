@@ -1,6 +1,6 @@
 """lakeshop_daily.py in real Airflow: the DAGs folder loads with zero import errors, the task
 graph and schedule are the expected ones, and whole runs against a stand-in `lakeshop` binary
-pass a good batch summary and fail a bad one.
+pass a good batch summary and fail a bad one or a reconciliation that finds differences.
 
 Run by infra/airflow-test.sh (pinned Airflow, throwaway AIRFLOW_HOME); skipped where Airflow is
 not installed.
@@ -32,6 +32,7 @@ EXPECTED_UPSTREAM = {
     "extract_interactions": set(),
     "batch_run": {"extract_clients", "extract_sellers", "extract_products", "extract_purchases"},
     "check_batch_summary": {"batch_run"},
+    "reconcile": {"batch_run"},
 }
 
 
@@ -66,9 +67,10 @@ class DagFolder(unittest.TestCase):
         upstream = {t.task_id: set(t.upstream_task_ids) for t in self.dag.tasks}
         self.assertEqual(upstream, EXPECTED_UPSTREAM)
         downstream = {t.task_id: set(t.downstream_task_ids) for t in self.dag.tasks}
-        self.assertEqual(downstream["batch_run"], {"check_batch_summary"})
+        self.assertEqual(downstream["batch_run"], {"check_batch_summary", "reconcile"})
         self.assertEqual(downstream["extract_interactions"], set())
         self.assertEqual(downstream["check_batch_summary"], set())
+        self.assertEqual(downstream["reconcile"], set())
         for source in ("clients", "sellers", "products", "purchases"):
             self.assertEqual(downstream[f"extract_{source}"], {"batch_run"})
 
@@ -91,8 +93,11 @@ class DagFolder(unittest.TestCase):
                     self.assertEqual(task.execution_timeout, dt.timedelta(hours=1))
         self.assertEqual(tasks["batch_run"].retries, 2)
         self.assertEqual(tasks["batch_run"].execution_timeout, dt.timedelta(hours=2))
-        # A summary that does not add up does not get better by asking again.
+        # A summary that does not add up does not get better by asking again, nor does a
+        # difference between the stream and the batch tables.
         self.assertEqual(tasks["check_batch_summary"].retries, 0)
+        self.assertEqual(tasks["reconcile"].retries, 0)
+        self.assertEqual(tasks["reconcile"].execution_timeout, dt.timedelta(minutes=30))
 
 
 class BusinessDay(unittest.TestCase):
@@ -146,11 +151,13 @@ class RunLakeshop(unittest.TestCase):
 
 
 FAKE_LAKESHOP = """#!/bin/sh
-# Stand-in for the lakeshop binary: records its arguments, prints a canned batch summary.
+# Stand-in for the lakeshop binary: records its arguments, prints a canned batch summary, and
+# for reconcile a canned report, exiting with the status the test wrote to a file.
 printf '%s\\n' "$*" >> {log}
 echo "fake lakeshop: $*" >&2
 case "$*" in
   *"batch run"*) cat {summary} ;;
+  *" reconcile "*) echo '{{"ok": true, "days": []}}'; exit "$(cat {reconcile_status})" ;;
 esac
 exit 0
 """
@@ -182,17 +189,22 @@ class WholeRuns(unittest.TestCase):
         tmp = Path(cls.tmp.name)
         cls.calls = tmp / "calls.log"
         cls.summary = tmp / "summary.json"
+        cls.reconcile_status = tmp / "reconcile_status"
         cls.bin = tmp / "lakeshop"
-        cls.bin.write_text(FAKE_LAKESHOP.format(log=shlex.quote(str(cls.calls)),
-                                                summary=shlex.quote(str(cls.summary))))
+        cls.bin.write_text(FAKE_LAKESHOP.format(
+            log=shlex.quote(str(cls.calls)),
+            summary=shlex.quote(str(cls.summary)),
+            reconcile_status=shlex.quote(str(cls.reconcile_status)),
+        ))
         cls.bin.chmod(0o755)
 
     @classmethod
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def run_dag(self, logical_date, summary, **kwargs):
+    def run_dag(self, logical_date, summary, reconcile_status=0, **kwargs):
         self.calls.write_text("")
+        self.reconcile_status.write_text(f"{reconcile_status}\n")
         self.summary.write_text(summary if isinstance(summary, str) else json.dumps(summary))
         # A fresh DAG object per run, as a worker parses it: dag.test() leaves run_conf in the
         # params of the tasks it ran.
@@ -227,7 +239,24 @@ class WholeRuns(unittest.TestCase):
                 f"{config} extract purchases --until-end",
                 f"{config} extract interactions --until-end",
                 f"{config} batch run --date 2026-11-21 --json",
+                f"{config} reconcile --date 2026-11-21 --json",
             ]),
+        )
+
+    def test_differences_found_by_reconcile_fail_the_run(self):
+        state, states, calls = self.run_dag(
+            dt.datetime(2026, 11, 29, 0, 30, tzinfo=dt.timezone.utc),
+            good_summary("2026-11-28"),
+            reconcile_status=1,
+        )
+        self.assertEqual(state, "failed", states)
+        self.assertEqual(states["batch_run"], "success")
+        self.assertEqual(states["check_batch_summary"], "success")
+        self.assertEqual(states["reconcile"], "failed")
+        # Not retried: one call.
+        self.assertEqual(
+            [c for c in calls if " reconcile " in f" {c} "],
+            ["--config /etc/lakeshop/shop.toml reconcile --date 2026-11-28 --json"],
         )
 
     def test_bad_summary_fails_the_run(self):

@@ -1,0 +1,230 @@
+//! Wiring of `reconcile`: the stream's aggregates of a day range against the batch job's
+//! ([`lakeshop_stream::reconcile`]), printed as a table or JSON; exit 1 on a difference that
+//! dimension drift does not explain.
+
+use anyhow::{bail, Context as _, Result};
+use lakeshop_stream::reconcile::{DayReport, Measures, Reconciliation, Row};
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::ReconcileArgs;
+
+pub async fn run(config: &Config, args: ReconcileArgs) -> Result<ExitCode> {
+    let (from, to) = crate::analytics::range(
+        config,
+        args.date.as_deref(),
+        args.from.as_deref(),
+        args.to.as_deref(),
+    )?;
+    if from > to {
+        bail!("--from {from} is after --to {to}");
+    }
+    let ch = crate::analytics::clickhouse(config)?;
+    let result = lakeshop_stream::reconcile::reconcile(&ch, from, to)
+        .await
+        .with_context(|| {
+            format!(
+                "reconcile {from}..{to} in {} at {} (has `lakeshop migrate` created the stream tables?)",
+                ch.database(),
+                config.clickhouse.url
+            )
+        })?;
+    if args.json {
+        outln!("{}", serde_json::to_string(&result)?);
+    } else {
+        out!("{}", text(&result));
+    }
+    Ok(if result.has_unexplained_difference() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Per day: a line per check, the rows that differ, the drifted products; then a verdict.
+fn text(r: &Reconciliation) -> String {
+    let mut out = String::new();
+    for day in &r.days {
+        out.push_str(&day_text(day));
+    }
+    let unexplained: usize = r
+        .days
+        .iter()
+        .flat_map(|d| d.rows.iter())
+        .filter(|row| row.is_unexplained())
+        .count();
+    if unexplained == 0 {
+        out.push_str(&format!(
+            "ok {}..{}: the stream equals the batch job (differences, if any, are dimension drift)\n",
+            r.from, r.to
+        ));
+    } else {
+        out.push_str(&format!(
+            "DIFFERENT {}..{}: {unexplained} unexplained difference(s)\n",
+            r.from, r.to
+        ));
+    }
+    out
+}
+
+fn day_text(d: &DayReport) -> String {
+    let checks: Vec<String> = d
+        .summary
+        .iter()
+        .map(|c| {
+            let mut s = format!("{} {}/{}", c.check, c.equal, c.rows);
+            if c.drift > 0 {
+                s.push_str(&format!(" ({} drift)", c.drift));
+            }
+            s
+        })
+        .collect();
+    let rejects: Vec<String> = d.rejects.iter().map(|(r, n)| format!("{r}={n}")).collect();
+    let mut out = format!(
+        "{}: equal/compared: {}; too_late {}{}\n",
+        d.date,
+        checks.join(", "),
+        d.too_late,
+        if rejects.is_empty() {
+            String::new()
+        } else {
+            format!(" (stream rejects: {})", rejects.join(" "))
+        }
+    );
+    if !d.batch_loaded {
+        out.push_str(
+            "  the batch tables have no row for this day: has `lakeshop batch run` built it?\n",
+        );
+    }
+    if !d.stream_loaded {
+        out.push_str(
+            "  the stream has no window of this day: has `lakeshop stream run` read it?\n",
+        );
+    }
+    let diffs: Vec<&Row> = d.differences().collect();
+    if !diffs.is_empty() {
+        out.push_str(&table(&diffs));
+    }
+    for drift in &d.drift {
+        let side = |m: &std::collections::BTreeMap<String, lakeshop_stream::reconcile::Sums>| {
+            m.iter()
+                .map(|(c, s)| format!("{c:?} ({} purchases, {})", s.purchases, s.revenue))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "  drift: product {} is {} in the stream, {} in batch\n",
+            drift.product,
+            side(&drift.stream),
+            side(&drift.batch)
+        ));
+    }
+    out
+}
+
+/// The differing rows, aligned: both sides of every measure and a verdict.
+fn table(rows: &[&Row]) -> String {
+    let header = [
+        "",
+        "check",
+        "key",
+        "revenue",
+        "(batch)",
+        "purchases",
+        "(batch)",
+        "items",
+        "(batch)",
+        "clients",
+        "(batch)",
+    ];
+    let cells = |m: &Option<Measures>| -> [String; 4] {
+        match m {
+            Some(m) => [
+                m.revenue.to_string(),
+                m.purchases.to_string(),
+                m.items.to_string(),
+                m.distinct_clients.to_string(),
+            ],
+            None => ["-".into(), "-".into(), "-".into(), "-".into()],
+        }
+    };
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for row in rows {
+        let (s, b) = (cells(&row.stream), cells(&row.batch));
+        let clean = row.key.replace(['\n', '\r', '\t'], " ");
+        let mut line = vec![
+            if row.drift { "drift" } else { "DIFF" }.to_string(),
+            row.check.to_string(),
+            if clean.is_empty() { "-".into() } else { clean },
+        ];
+        for (stream, batch) in s.into_iter().zip(b) {
+            line.push(stream);
+            line.push(batch);
+        }
+        lines.push(line);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let parts: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i < 3 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(&format!("  {}\n", parts.join("  ").trim_end()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+    use lakeshop_stream::reconcile::{compare, Check};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn prints_differences_and_a_verdict() {
+        let m = |revenue: &str, purchases: u64| Measures {
+            revenue: revenue.parse().unwrap_or_default(),
+            purchases,
+            items: purchases,
+            distinct_clients: 1,
+        };
+        let day = NaiveDate::from_ymd_opt(2026, 11, 21).unwrap_or_default();
+        let stream = BTreeMap::from([("".to_string(), m("10.00", 2))]);
+        let batch = BTreeMap::from([("".to_string(), m("10.01", 2))]);
+        let rows = compare(Check::Total, &stream, &batch);
+        let d = DayReport::new(day, rows, vec![], BTreeMap::new());
+        let r = Reconciliation::new(day, day, vec![d]);
+        let t = text(&r);
+        assert!(t.contains("total 0/1"), "{t}");
+        assert!(t.contains("DIFF  total"), "{t}");
+        assert!(t.contains("10.00") && t.contains("10.01"), "{t}");
+        assert!(t.ends_with("1 unexplained difference(s)\n"), "{t}");
+
+        let rows = compare(Check::Total, &stream, &stream);
+        let d = DayReport::new(day, rows, vec![], BTreeMap::new());
+        let t = text(&Reconciliation::new(day, day, vec![d]));
+        assert!(
+            t.starts_with("2026-11-21: equal/compared: total 1/1"),
+            "{t}"
+        );
+        assert!(t.contains("ok 2026-11-21..2026-11-21"), "{t}");
+    }
+}

@@ -1,0 +1,604 @@
+//! One Kafka partition's streaming state, a pure function of the partition's records in
+//! offset order: which purchase ids were counted, the open windows' totals, the reject
+//! counters, the watermark and the clock.
+//!
+//! Every window (and reject counter) carries a version: the offset after the last record
+//! folded into it. Folding a record into a window is skipped when the window's version is
+//! already past the record, so after a restart (state restored from ClickHouse, records read
+//! again from the checkpoint) each record lands in each window exactly once, whether or not
+//! the window's row had been written before the crash.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher as _;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use lakeshop_clickhouse::stream::{CountedPurchase, RejectState, WindowState};
+use lakeshop_clickhouse::RowBinary;
+use lakeshop_model::{parse_purchase, Purchase};
+
+use crate::calendar::{Calendar, Granularity};
+use crate::dims::{Dims, Keys};
+
+/// What a record counts under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dim {
+    Total,
+    Seller,
+    Category,
+    Product,
+}
+
+impl Dim {
+    /// Every dimension.
+    pub const ALL: [Dim; 4] = [Dim::Total, Dim::Seller, Dim::Category, Dim::Product];
+
+    /// The name stored in ClickHouse.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dim::Total => "total",
+            Dim::Seller => "seller",
+            Dim::Category => "category",
+            Dim::Product => "product",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Reasons a valid record is not counted (beside the validation reasons).
+pub const DUPLICATE: &str = "duplicate";
+/// A re-sent purchase id with other content.
+pub const CONFLICTING_DUPLICATE: &str = "conflicting_duplicate";
+/// Older than the watermark by more than the allowed lateness.
+pub const TOO_LATE: &str = "too_late";
+
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Counted in its windows.
+    Counted,
+    /// Not counted, for this reason.
+    Rejected(&'static str),
+    /// Before the partition's next offset: read again after a seek, already processed.
+    Skipped,
+}
+
+/// One window of one dimension key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowKey {
+    pub granularity: Granularity,
+    pub start: i64,
+    pub dim: Dim,
+    pub key: Arc<str>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Agg {
+    /// Cents.
+    revenue: i128,
+    purchases: u64,
+    items: u64,
+    version: u64,
+    end: i64,
+    date: i32,
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Counter {
+    records: u64,
+    version: u64,
+    date: i32,
+    dirty: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    offset: i64,
+    hash: u64,
+    ts: i64,
+}
+
+/// A stable hash of what makes two arrivals of one purchase id the same purchase (the
+/// fields the batch job compares): client, product, seller, quantity, price, timestamp.
+pub fn content_hash(p: &Purchase) -> u64 {
+    // FNV-1a: stable across processes and releases (it is stored in ClickHouse).
+    struct Fnv(u64);
+    impl std::hash::Hasher for Fnv {
+        fn finish(&self) -> u64 {
+            self.0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            for b in bytes {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.write(&p.client_id.as_u128().to_le_bytes());
+    h.write(&p.product_id.as_u128().to_le_bytes());
+    h.write(&p.seller_id.map_or(0, |s| s.as_u128()).to_le_bytes());
+    h.write(&[u8::from(p.seller_id.is_some())]);
+    h.write(&p.quantity.to_le_bytes());
+    h.write(&cents(p.price).to_le_bytes());
+    h.write(&p.timestamp.timestamp().to_le_bytes());
+    h.write(&p.timestamp.timestamp_subsec_nanos().to_le_bytes());
+    h.finish()
+}
+
+/// A price of at most two decimals in cents.
+fn cents(d: rust_decimal::Decimal) -> i128 {
+    let scale = d.scale();
+    let m = d.mantissa();
+    match scale {
+        0 => m * 100,
+        1 => m * 10,
+        2 => m,
+        // Validation refuses more than two significant decimals; trailing zeros may remain.
+        s => m / 10_i128.pow(s - 2),
+    }
+}
+
+/// Settings shared by every partition.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub topic: Arc<str>,
+    pub timezone: chrono_tz::Tz,
+    /// Seconds a window stays open past its end, measured on the watermark.
+    pub lateness: i64,
+}
+
+/// A partition's restored checkpoint and rows.
+#[derive(Debug, Clone, Default)]
+pub struct Restored {
+    pub next_offset: i64,
+    pub watermark: i64,
+    pub clock: i64,
+    pub windows: Vec<WindowState>,
+    pub counted: Vec<CountedPurchase>,
+    pub rejects: Vec<RejectState>,
+}
+
+/// One partition's state.
+#[derive(Debug)]
+pub struct PartitionState {
+    part: i32,
+    settings: Settings,
+    calendar: Calendar,
+    /// Next offset to process; records before it are skipped.
+    pub next: i64,
+    /// Newest event time counted or seen valid (UTC seconds).
+    pub watermark: i64,
+    /// Newest event or Kafka time seen (UTC seconds): the minute of reject counters.
+    pub clock: i64,
+    windows: HashMap<WindowKey, Agg, foldhash::fast::RandomState>,
+    dirty_windows: Vec<WindowKey>,
+    rejects: HashMap<(i64, &'static str), Counter, foldhash::fast::RandomState>,
+    dirty_rejects: Vec<(i64, &'static str)>,
+    seen: HashMap<u128, Seen, foldhash::fast::RandomState>,
+    /// Ids in the order seen, to forget them once their time is past the lateness.
+    seen_order: VecDeque<(i64, u128)>,
+    /// Keys recorded for counted purchases at or after the restored checkpoint: a record read
+    /// again counts under the keys it counted under before, whatever the cache says now.
+    replay_keys: HashMap<i64, Keys>,
+    /// Rows of counted purchases not yet acknowledged.
+    purchases: RowBinary,
+    /// Event times (ms) of the purchases counted since the last flush (latency metric).
+    pub counted_times: Vec<i64>,
+}
+
+/// Reject reasons are `'static` names; validation reasons map onto their own.
+fn reason_name(r: &str) -> &'static str {
+    for reason in lakeshop_model::Reason::ALL {
+        if reason.as_str() == r {
+            return reason.as_str();
+        }
+    }
+    match r {
+        DUPLICATE => DUPLICATE,
+        CONFLICTING_DUPLICATE => CONFLICTING_DUPLICATE,
+        TOO_LATE => TOO_LATE,
+        _ => "other",
+    }
+}
+
+impl PartitionState {
+    /// A partition never seen: starts at `next_offset` with an empty state.
+    pub fn new(part: i32, settings: Settings, restored: Restored, dims: &Dims) -> Self {
+        let mut s = Self {
+            part,
+            calendar: Calendar::new(settings.timezone),
+            settings,
+            next: restored.next_offset,
+            watermark: restored.watermark,
+            clock: restored.clock,
+            windows: HashMap::default(),
+            dirty_windows: Vec::new(),
+            rejects: HashMap::default(),
+            dirty_rejects: Vec::new(),
+            seen: HashMap::default(),
+            seen_order: VecDeque::new(),
+            replay_keys: HashMap::new(),
+            purchases: RowBinary::new(),
+            counted_times: Vec::new(),
+        };
+        for w in restored.windows {
+            let (Some(granularity), Some(dim)) =
+                (Granularity::parse(&w.granularity), Dim::parse(&w.dim))
+            else {
+                continue;
+            };
+            let span = s.calendar.span(granularity, w.window_start);
+            let key = match dim {
+                Dim::Total => Arc::from(""),
+                _ => Arc::from(w.key.as_str()),
+            };
+            s.windows.insert(
+                WindowKey {
+                    granularity,
+                    start: w.window_start,
+                    dim,
+                    key,
+                },
+                Agg {
+                    revenue: w.revenue,
+                    purchases: w.purchases,
+                    items: w.items,
+                    version: w.version,
+                    end: span.end,
+                    date: span.date,
+                    dirty: false,
+                },
+            );
+        }
+        for r in restored.rejects {
+            let date = s.calendar.span(Granularity::Day, r.minute_start).date;
+            s.rejects.insert(
+                (r.minute_start, reason_name(&r.reason)),
+                Counter {
+                    records: r.records,
+                    version: r.version,
+                    date,
+                    dirty: false,
+                },
+            );
+        }
+        let mut counted = restored.counted;
+        counted.sort_by_key(|c| c.offset);
+        for c in counted {
+            let Ok(id) = uuid::Uuid::parse_str(&c.purchase_id) else {
+                continue;
+            };
+            let id = id.as_u128();
+            if s.seen.contains_key(&id) {
+                continue;
+            }
+            s.seen.insert(
+                id,
+                Seen {
+                    offset: c.offset,
+                    hash: c.content_hash,
+                    ts: c.timestamp,
+                },
+            );
+            s.seen_order.push_back((c.timestamp, id));
+            if c.offset >= s.next {
+                s.replay_keys.insert(
+                    c.offset,
+                    dims.stored_keys(&c.seller_key, &c.category, &c.product_key),
+                );
+            }
+        }
+        s.evict();
+        s
+    }
+
+    /// Kafka partition.
+    pub fn part(&self) -> i32 {
+        self.part
+    }
+
+    /// Windows and ids held in memory.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.windows.len(), self.seen.len())
+    }
+
+    fn reject(&mut self, offset: i64, reason: &'static str) -> Outcome {
+        let span = self.calendar.span(Granularity::Minute, self.clock);
+        let c = self.rejects.entry((span.start, reason)).or_default();
+        if (offset as u64) + 1 > c.version {
+            c.records += 1;
+            c.version = offset as u64 + 1;
+            c.date = span.date;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty_rejects.push((span.start, reason));
+            }
+        }
+        Outcome::Rejected(reason)
+    }
+
+    /// Processes the record at `offset` with Kafka timestamp `kafka_ms` (milliseconds; the
+    /// validator's clock, so a replay judges the record the same).
+    pub fn process(
+        &mut self,
+        offset: i64,
+        kafka_ms: Option<i64>,
+        payload: &[u8],
+        dims: &Dims,
+    ) -> Outcome {
+        if offset < self.next {
+            return Outcome::Skipped;
+        }
+        self.next = offset + 1;
+        let kafka_s = kafka_ms.map(|ms| ms.div_euclid(1000));
+        if let Some(k) = kafka_s {
+            self.clock = self.clock.max(k);
+        }
+        let now = kafka_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let p = match parse_purchase(payload, now) {
+            Ok(p) => p,
+            Err(rejection) => return self.reject(offset, reason_name(rejection.reason.as_str())),
+        };
+        let id = p.purchase_id.as_u128();
+        let hash = content_hash(&p);
+        let ts = p.timestamp.timestamp();
+        // An id counted longer ago than the lateness is forgotten, whether or not it is still
+        // in memory: what a record decides never depends on when memory was last swept.
+        let horizon = self.watermark - self.settings.lateness;
+        let seen = self
+            .seen
+            .get(&id)
+            .filter(|s| s.offset == offset || s.ts >= horizon);
+        let replayed = match seen {
+            Some(s) if s.offset != offset => {
+                let reason = if s.hash == hash {
+                    DUPLICATE
+                } else {
+                    CONFLICTING_DUPLICATE
+                };
+                self.clock = self.clock.max(ts);
+                return self.reject(offset, reason);
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if ts < horizon {
+            return self.reject(offset, TOO_LATE);
+        }
+        self.watermark = self.watermark.max(ts);
+        self.clock = self.clock.max(ts);
+        let keys = self
+            .replay_keys
+            .remove(&offset)
+            .unwrap_or_else(|| dims.keys(&p));
+        let amount = i128::from(p.quantity) * cents(p.price);
+        let version = offset as u64 + 1;
+        let calendar = &mut self.calendar;
+        let spans = Granularity::ALL.map(|g| (g, calendar.span(g, ts)));
+        for (g, span) in spans {
+            for dim in Dim::ALL {
+                let key = match dim {
+                    Dim::Total => empty(),
+                    Dim::Seller => keys.seller.clone(),
+                    Dim::Category => keys.category.clone(),
+                    Dim::Product => keys.product.clone(),
+                };
+                let wk = WindowKey {
+                    granularity: g,
+                    start: span.start,
+                    dim,
+                    key,
+                };
+                let agg = match self.windows.get_mut(&wk) {
+                    Some(a) => a,
+                    None => self.windows.entry(wk.clone()).or_insert(Agg {
+                        end: span.end,
+                        date: span.date,
+                        ..Agg::default()
+                    }),
+                };
+                if version > agg.version {
+                    agg.revenue += amount;
+                    agg.purchases += 1;
+                    agg.items += u64::from(p.quantity);
+                    agg.version = version;
+                    if !agg.dirty {
+                        agg.dirty = true;
+                        self.dirty_windows.push(wk);
+                    }
+                }
+            }
+        }
+        if !replayed {
+            self.seen.insert(id, Seen { offset, hash, ts });
+            self.seen_order.push_back((ts, id));
+            let [(_, minute), (_, hour), (_, day)] = spans;
+            let id_text = p
+                .purchase_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_string();
+            let client = p
+                .client_id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_string();
+            self.purchases
+                .string(&id_text)
+                .string(&self.settings.topic)
+                .u16(self.part as u16)
+                .u64(offset as u64)
+                .datetime(ts)
+                .date(day.date)
+                .datetime(minute.start)
+                .datetime(hour.start)
+                .datetime(day.start)
+                .string(&client)
+                .string(&keys.seller)
+                .string(&keys.category)
+                .string(&keys.product)
+                .u32(p.quantity)
+                .decimal128(amount)
+                .u64(hash);
+            self.purchases.end_row();
+        }
+        self.counted_times.push(p.timestamp.timestamp_millis());
+        Outcome::Counted
+    }
+
+    /// Whether anything awaits a flush.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty_windows.is_empty()
+            || !self.dirty_rejects.is_empty()
+            || !self.purchases.is_empty()
+    }
+
+    /// Moves this partition's counted-purchase rows to the end of `out`.
+    pub fn take_purchases(&mut self, out: &mut RowBinary) {
+        out.append(&mut self.purchases);
+    }
+
+    /// Encodes every window changed since the last acknowledged flush (full state).
+    pub fn window_rows(&self, out: &mut RowBinary) {
+        for wk in &self.dirty_windows {
+            let Some(a) = self.windows.get(wk) else {
+                continue;
+            };
+            out.string(wk.granularity.as_str())
+                .datetime(wk.start)
+                .date(a.date)
+                .string(wk.dim.as_str())
+                .string(&wk.key)
+                .string(&self.settings.topic)
+                .u16(self.part as u16)
+                .decimal128(a.revenue)
+                .u64(a.purchases)
+                .u64(a.items)
+                .u64(a.version);
+            out.end_row();
+        }
+    }
+
+    /// Encodes every reject counter changed since the last acknowledged flush.
+    pub fn reject_rows(&self, out: &mut RowBinary) {
+        for k in &self.dirty_rejects {
+            let Some(c) = self.rejects.get(k) else {
+                continue;
+            };
+            out.datetime(k.0)
+                .date(c.date)
+                .string(k.1)
+                .string(&self.settings.topic)
+                .u16(self.part as u16)
+                .u64(c.records)
+                .u64(c.version);
+            out.end_row();
+        }
+    }
+
+    /// Encodes the checkpoint row: everything before `next` is in acknowledged rows once the
+    /// rows encoded with it are.
+    pub fn checkpoint_row(&self, pipeline: &str, out: &mut RowBinary) {
+        out.string(pipeline)
+            .string(&self.settings.topic)
+            .u16(self.part as u16)
+            .u64(self.next.max(0) as u64)
+            .datetime(self.watermark)
+            .datetime(self.clock)
+            .datetime(Utc::now().timestamp());
+        out.end_row();
+    }
+
+    /// The rows encoded since the last call are acknowledged: marks them clean and forgets
+    /// closed windows, old counters and ids past the lateness.
+    pub fn acknowledged(&mut self) {
+        for wk in std::mem::take(&mut self.dirty_windows) {
+            if let Some(a) = self.windows.get_mut(&wk) {
+                a.dirty = false;
+            }
+        }
+        for k in std::mem::take(&mut self.dirty_rejects) {
+            if let Some(c) = self.rejects.get_mut(&k) {
+                c.dirty = false;
+            }
+        }
+        self.counted_times.clear();
+    }
+
+    /// Forgets what no later record can change: windows closed on the watermark, reject
+    /// counters of minutes before the clock's, ids older than the lateness.
+    pub fn evict(&mut self) {
+        let wm = self.watermark;
+        let lateness = self.settings.lateness;
+        self.windows.retain(|_, a| a.dirty || a.end + lateness > wm);
+        let minute = self.clock.div_euclid(60) * 60;
+        self.rejects.retain(|k, c| c.dirty || k.0 >= minute);
+        let horizon = wm - lateness;
+        while let Some(&(ts, id)) = self.seen_order.front() {
+            if ts >= horizon {
+                break;
+            }
+            self.seen_order.pop_front();
+            if self.seen.get(&id).is_some_and(|s| s.ts == ts) {
+                self.seen.remove(&id);
+            }
+        }
+        if !self.replay_keys.is_empty() {
+            let next = self.next;
+            self.replay_keys.retain(|o, _| *o >= next);
+        }
+    }
+}
+
+impl PartitionState {
+    /// The windows changed since the last acknowledged flush, as they would be stored.
+    pub fn dirty_window_states(&self) -> Vec<WindowState> {
+        self.dirty_windows
+            .iter()
+            .filter_map(|wk| {
+                self.windows.get(wk).map(|a| WindowState {
+                    granularity: wk.granularity.as_str().to_string(),
+                    window_start: wk.start,
+                    dim: wk.dim.as_str().to_string(),
+                    key: wk.key.to_string(),
+                    revenue: a.revenue,
+                    purchases: a.purchases,
+                    items: a.items,
+                    version: a.version,
+                })
+            })
+            .collect()
+    }
+
+    /// The reject counters changed since the last acknowledged flush, as they would be stored.
+    pub fn dirty_reject_states(&self) -> Vec<RejectState> {
+        self.dirty_rejects
+            .iter()
+            .filter_map(|k| {
+                self.rejects.get(k).map(|c| RejectState {
+                    minute_start: k.0,
+                    reason: k.1.to_string(),
+                    records: c.records,
+                    version: c.version,
+                })
+            })
+            .collect()
+    }
+}
+
+fn empty() -> Arc<str> {
+    thread_local! {
+        static EMPTY: Arc<str> = Arc::from("");
+    }
+    EMPTY.with(|e| e.clone())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,428 @@
+//! The partition state against a model: windows, duplicates, lateness, and crashes at every
+//! step of a flush followed by a restore from what was "acknowledged".
+
+use super::*;
+use lakeshop_model::Purchase;
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const T0: i64 = 1_795_000_000; // 2026-11-18, whole minutes below
+
+fn settings() -> Settings {
+    Settings {
+        topic: Arc::from("purchases"),
+        timezone: chrono_tz::UTC,
+        lateness: 300,
+    }
+}
+
+fn purchase(rng: &mut impl Rng, ts: i64, dims_products: &[Uuid], sellers: &[Uuid]) -> Purchase {
+    Purchase {
+        purchase_id: Uuid::from_u128(rng.random()),
+        client_id: Uuid::from_u128(rng.random_range(0..50u128)),
+        product_id: if rng.random_bool(0.05) {
+            Uuid::from_u128(rng.random())
+        } else {
+            dims_products[rng.random_range(0..dims_products.len())]
+        },
+        seller_id: rng
+            .random_bool(0.9)
+            .then(|| sellers[rng.random_range(0..sellers.len())]),
+        quantity: rng.random_range(1..5),
+        price: Decimal::new(rng.random_range(1..100_000), 2),
+        timestamp: DateTime::<Utc>::from_timestamp_millis(ts * 1000 + rng.random_range(0..1000))
+            .expect("time"),
+    }
+}
+
+/// A record of the test log: payload and Kafka time.
+struct Rec {
+    payload: Vec<u8>,
+    kafka_ms: i64,
+}
+
+struct World {
+    dims: Dims,
+    log: Vec<Rec>,
+    /// What the model counts: (granularity, start, dim, key) → (cents, purchases, items).
+    expected: BTreeMap<(String, i64, String, String), (i128, u64, u64)>,
+    expected_rejects: BTreeMap<String, u64>,
+}
+
+fn world(seed: u64, n: usize) -> World {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let products: Vec<Uuid> = (0..20).map(|i| Uuid::from_u128(1000 + i)).collect();
+    let sellers: Vec<Uuid> = (0..5).map(|i| Uuid::from_u128(2000 + i)).collect();
+    let mut dims = Dims::empty();
+    for (i, p) in products.iter().enumerate() {
+        dims.add_product(*p, if i % 2 == 0 { "even" } else { "odd" });
+    }
+    for s in &sellers[..4] {
+        dims.add_seller(*s); // the fifth seller is unknown
+    }
+    let mut log = Vec::new();
+    let mut expected = BTreeMap::new();
+    let mut expected_rejects: BTreeMap<String, u64> = BTreeMap::new();
+    let mut counted: Vec<Purchase> = Vec::new();
+    let mut now = T0;
+    let mut watermark = 0i64;
+    let mut rec = |log: &mut Vec<Rec>, payload: Vec<u8>, now: i64| {
+        log.push(Rec {
+            payload,
+            kafka_ms: now * 1000,
+        })
+    };
+    for _ in 0..n {
+        now += rng.random_range(0..3);
+        let roll: f64 = rng.random();
+        // Re-sends of purchases still within the lateness (older ones are too late).
+        let recent: Vec<&Purchase> = counted
+            .iter()
+            .rev()
+            .take(20)
+            .filter(|p| p.timestamp.timestamp() >= watermark - 250)
+            .collect();
+        if roll < 0.03 && !recent.is_empty() {
+            // An exact re-send of a recent purchase.
+            let p = recent[rng.random_range(0..recent.len())].clone();
+            rec(&mut log, p.to_json().into_bytes(), now);
+            *expected_rejects.entry(DUPLICATE.into()).or_default() += 1;
+        } else if roll < 0.05 && !recent.is_empty() {
+            let mut p = recent[0].clone();
+            p.quantity += 1;
+            rec(&mut log, p.to_json().into_bytes(), now);
+            *expected_rejects
+                .entry(CONFLICTING_DUPLICATE.into())
+                .or_default() += 1;
+        } else if roll < 0.07 {
+            rec(&mut log, b"{not json".to_vec(), now);
+            *expected_rejects.entry("malformed_json".into()).or_default() += 1;
+        } else if roll < 0.08 && watermark > 0 {
+            // Far behind the watermark.
+            let p = purchase(&mut rng, now - 3600, &products, &sellers);
+            rec(&mut log, p.to_json().into_bytes(), now);
+            *expected_rejects.entry(TOO_LATE.into()).or_default() += 1;
+        } else {
+            // Mostly in order, sometimes up to 4 minutes late (within the lateness).
+            let late = if rng.random_bool(0.1) {
+                rng.random_range(0..240)
+            } else {
+                0
+            };
+            let p = purchase(&mut rng, now - late, &products, &sellers);
+            let ts = p.timestamp.timestamp();
+            assert!(ts >= watermark - 300);
+            watermark = watermark.max(ts);
+            rec(&mut log, p.to_json().into_bytes(), now);
+            let keys = dims.keys(&p);
+            let amount = i128::from(p.quantity) * cents(p.price);
+            for g in Granularity::ALL {
+                let start = Calendar::new(chrono_tz::UTC).span(g, ts).start;
+                for (dim, key) in [
+                    ("total", ""),
+                    ("seller", &*keys.seller),
+                    ("category", &*keys.category),
+                    ("product", &*keys.product),
+                ] {
+                    let e = expected
+                        .entry((
+                            g.as_str().to_string(),
+                            start,
+                            dim.to_string(),
+                            key.to_string(),
+                        ))
+                        .or_insert((0, 0, 0));
+                    e.0 += amount;
+                    e.1 += 1;
+                    e.2 += u64::from(p.quantity);
+                }
+            }
+            counted.push(p);
+        }
+    }
+    World {
+        dims,
+        log,
+        expected,
+        expected_rejects,
+    }
+}
+
+/// What ClickHouse would hold: the latest version of every row, the counted purchases and
+/// the checkpoint.
+#[derive(Default, Clone)]
+struct Store {
+    windows: BTreeMap<(String, i64, String, String), WindowState>,
+    rejects: BTreeMap<(i64, String), RejectState>,
+    counted: BTreeMap<i64, CountedPurchase>,
+    checkpoint: Option<(i64, i64, i64)>,
+}
+
+impl Store {
+    fn put_windows(&mut self, rows: Vec<WindowState>) {
+        for w in rows {
+            let k = (
+                w.granularity.clone(),
+                w.window_start,
+                w.dim.clone(),
+                w.key.clone(),
+            );
+            match self.windows.get(&k) {
+                Some(old) if old.version >= w.version => {}
+                _ => {
+                    self.windows.insert(k, w);
+                }
+            }
+        }
+    }
+
+    fn put_rejects(&mut self, rows: Vec<RejectState>) {
+        for r in rows {
+            let k = (r.minute_start, r.reason.clone());
+            match self.rejects.get(&k) {
+                Some(old) if old.version >= r.version => {}
+                _ => {
+                    self.rejects.insert(k, r);
+                }
+            }
+        }
+    }
+
+    fn restored(&self, lateness: i64) -> Restored {
+        let Some((next, watermark, clock)) = self.checkpoint else {
+            return Restored::default();
+        };
+        Restored {
+            next_offset: next,
+            watermark,
+            clock,
+            windows: self
+                .windows
+                .values()
+                .filter(|w| w.window_start >= watermark - lateness - 26 * 3600)
+                .cloned()
+                .collect(),
+            counted: self
+                .counted
+                .values()
+                .filter(|c| c.timestamp >= watermark - lateness || c.offset >= next)
+                .cloned()
+                .collect(),
+            rejects: self
+                .rejects
+                .values()
+                .filter(|r| r.minute_start >= clock.div_euclid(60) * 60)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn totals(&self) -> BTreeMap<(String, i64, String, String), (i128, u64, u64)> {
+        self.windows
+            .iter()
+            .map(|(k, w)| (k.clone(), (w.revenue, w.purchases, w.items)))
+            .collect()
+    }
+
+    fn reject_totals(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for r in self.rejects.values() {
+            *out.entry(r.reason.clone()).or_default() += r.records;
+        }
+        out
+    }
+}
+
+/// How far a flush got before the crash.
+#[derive(Debug, Clone, Copy)]
+enum Crash {
+    /// No crash at this flush.
+    None,
+    /// After the purchases insert.
+    AfterPurchases,
+    /// After the windows insert, before the checkpoint.
+    AfterWindows,
+    /// Right after the checkpoint.
+    AfterCheckpoint,
+}
+
+/// Processes `log` from the store's checkpoint to the end, flushing every `flush_every`
+/// records and crashing as `crashes` says (at flush i).
+fn run(w: &World, store: &mut Store, flush_every: usize, crashes: &BTreeMap<usize, Crash>) {
+    let mut flush_no = 0usize;
+    let lateness = settings().lateness;
+    'restart: loop {
+        let mut st = PartitionState::new(0, settings(), store.restored(lateness), &w.dims);
+        // A broker answers from a little before the checkpoint: those records are skipped.
+        let from = (st.next - 7).max(0) as usize;
+        let mut counted_here: BTreeMap<i64, CountedPurchase> = BTreeMap::new();
+        let mut since_flush = 0;
+        for (offset, r) in w.log.iter().enumerate().skip(from) {
+            let offset = offset as i64;
+            let out = st.process(offset, Some(r.kafka_ms), &r.payload, &w.dims);
+            if out == Outcome::Counted {
+                let p = lakeshop_model::parse_purchase(&r.payload, Utc::now()).expect("valid");
+                let keys = w.dims.keys(&p);
+                counted_here.insert(
+                    offset,
+                    CountedPurchase {
+                        purchase_id: p.purchase_id.to_string(),
+                        offset,
+                        timestamp: p.timestamp.timestamp(),
+                        content_hash: content_hash(&p),
+                        seller_key: keys.seller.to_string(),
+                        category: keys.category.to_string(),
+                        product_key: keys.product.to_string(),
+                    },
+                );
+            }
+            since_flush += 1;
+            let last = offset as usize + 1 == w.log.len();
+            if since_flush >= flush_every || last {
+                since_flush = 0;
+                flush_no += 1;
+                let crash = crashes.get(&flush_no).copied().unwrap_or(Crash::None);
+                // 1. counted purchases
+                let mut body = RowBinary::new();
+                st.take_purchases(&mut body);
+                for (o, c) in std::mem::take(&mut counted_here) {
+                    store.counted.entry(o).or_insert(c);
+                }
+                if matches!(crash, Crash::AfterPurchases) {
+                    continue 'restart;
+                }
+                // 2. windows and counters
+                store.put_windows(st.dirty_window_states());
+                store.put_rejects(st.dirty_reject_states());
+                if matches!(crash, Crash::AfterWindows) {
+                    continue 'restart;
+                }
+                // 3. checkpoint
+                store.checkpoint = Some((st.next, st.watermark, st.clock));
+                st.acknowledged();
+                st.evict();
+                if matches!(crash, Crash::AfterCheckpoint) {
+                    continue 'restart;
+                }
+            }
+        }
+        return;
+    }
+}
+
+#[test]
+fn windows_equal_the_model_without_crashes() {
+    let w = world(1, 3000);
+    let mut store = Store::default();
+    run(&w, &mut store, 50, &BTreeMap::new());
+    assert_eq!(store.totals(), w.expected);
+    assert_eq!(store.reject_totals(), w.expected_rejects);
+}
+
+#[test]
+fn every_crash_point_gives_the_same_rows() {
+    let w = world(2, 3000);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for round in 0..20 {
+        let mut crashes = BTreeMap::new();
+        for _ in 0..8 {
+            let at = rng.random_range(1..70);
+            let how = match rng.random_range(0..3) {
+                0 => Crash::AfterPurchases,
+                1 => Crash::AfterWindows,
+                _ => Crash::AfterCheckpoint,
+            };
+            crashes.insert(at, how);
+        }
+        let mut store = Store::default();
+        run(&w, &mut store, rng.random_range(10..80), &crashes);
+        assert_eq!(
+            store.totals(),
+            w.expected,
+            "round {round}, crashes {crashes:?}"
+        );
+        assert_eq!(store.reject_totals(), w.expected_rejects, "round {round}");
+    }
+}
+
+#[test]
+fn a_re_send_counts_once_and_other_content_is_a_conflict() {
+    let dims = Dims::empty();
+    let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
+    let p = Purchase {
+        purchase_id: Uuid::from_u128(1),
+        client_id: Uuid::from_u128(2),
+        product_id: Uuid::from_u128(3),
+        seller_id: None,
+        quantity: 2,
+        price: Decimal::new(1050, 2),
+        timestamp: DateTime::<Utc>::from_timestamp(T0, 0).expect("time"),
+    };
+    let k = Some(T0 * 1000);
+    let json = p.to_json().into_bytes();
+    assert_eq!(st.process(0, k, &json, &dims), Outcome::Counted);
+    assert_eq!(st.process(1, k, &json, &dims), Outcome::Rejected(DUPLICATE));
+    let mut other = p.clone();
+    other.price = Decimal::new(1051, 2);
+    assert_eq!(
+        st.process(2, k, other.to_json().as_bytes(), &dims),
+        Outcome::Rejected(CONFLICTING_DUPLICATE)
+    );
+    // Read again after a seek: skipped, not a duplicate.
+    assert_eq!(st.process(1, k, &json, &dims), Outcome::Skipped);
+    let day: Vec<_> = st
+        .dirty_window_states()
+        .into_iter()
+        .filter(|w| w.granularity == "day" && w.dim == "total")
+        .collect();
+    assert_eq!(day.len(), 1);
+    assert_eq!(
+        (day[0].revenue, day[0].purchases, day[0].items),
+        (2100, 1, 2)
+    );
+    // Unknown product and seller count under `unknown`.
+    assert!(st
+        .dirty_window_states()
+        .iter()
+        .any(|w| w.dim == "product" && w.key == "unknown"));
+}
+
+#[test]
+fn lateness_is_measured_on_the_watermark() {
+    let dims = Dims::empty();
+    let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
+    let at = |id: u128, ts: i64| {
+        Purchase {
+            purchase_id: Uuid::from_u128(id),
+            client_id: Uuid::from_u128(2),
+            product_id: Uuid::from_u128(3),
+            seller_id: None,
+            quantity: 1,
+            price: Decimal::new(100, 2),
+            timestamp: DateTime::<Utc>::from_timestamp(ts, 0).expect("time"),
+        }
+        .to_json()
+        .into_bytes()
+    };
+    let k = Some(T0 * 1000);
+    assert_eq!(st.process(0, k, &at(1, T0), &dims), Outcome::Counted);
+    assert_eq!(st.process(1, k, &at(2, T0 - 300), &dims), Outcome::Counted);
+    assert_eq!(
+        st.process(2, k, &at(3, T0 - 301), &dims),
+        Outcome::Rejected(TOO_LATE)
+    );
+    // Closed windows are evicted once acknowledged; open ones stay.
+    st.acknowledged();
+    assert_eq!(
+        st.process(3, k, &at(4, T0 + 3 * 3600), &dims),
+        Outcome::Counted
+    );
+    st.acknowledged();
+    st.evict();
+    let (windows, ids) = st.sizes();
+    // Only the newest minute, hour and day × 4 dims are open (the day of T0 + 3h may be the same day).
+    assert!(windows <= 12 + 4, "{windows} windows still held");
+    assert_eq!(ids, 1);
+}
