@@ -1,0 +1,488 @@
+//! The streaming loader exactly once under chaos, against the real broker and ClickHouse: the
+//! generator streams purchases live (1% invalid, 1% re-sent) while the loader is SIGKILLed
+//! at random points, the broker is restarted and ClickHouse is stopped for 22 s; afterwards
+//! every minute, hour and day aggregate equals the generator's ground truth exactly, every
+//! record is counted or rejected under its reason, and `reconcile` against a batch run over
+//! the same stage finds no difference. Then the same with two loaders in one consumer group,
+//! one of them killed again and again, with proof that partitions moved between them.
+//!
+//! The two tests stop shared services, so they run one at a time.
+
+mod batch_support;
+
+use anyhow::{Context as _, Result};
+use batch_support::{Setup, StageKind, World};
+use lakeshop_clickhouse::ClickHouse;
+use rand::Rng;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn state_dir() -> PathBuf {
+    std::env::var("LAKESHOP_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".local/state/lakeshop")
+        })
+}
+
+/// Stops a service `make up` started (SIGTERM to its process group, then waits).
+fn stop_service(name: &str) -> Result<()> {
+    let pid = std::fs::read_to_string(state_dir().join("pids").join(format!("{name}.pid")))
+        .with_context(|| format!("{name} was not started by `make up`"))?;
+    let pid = pid.trim();
+    Command::new("kill")
+        .args(["-TERM", &format!("-{pid}")])
+        .status()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.contains(") Z ") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name} still running 60 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Starts what is missing of the local stack.
+fn start_stack() -> Result<()> {
+    let out = Command::new("bash")
+        .arg(repo().join("infra/up.sh"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "infra/up.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+struct Chaos {
+    world: World,
+    topic: String,
+    truth: PathBuf,
+    logs: PathBuf,
+}
+
+impl Chaos {
+    async fn new(partitions: i32) -> Result<Self> {
+        let db = lakeshop_testkit::fresh_database("stream_chaos").await?;
+        let topic = lakeshop_testkit::unique("purchases");
+        lakeshop_testkit::create_topic(&topic, partitions).await?;
+        let world = World::new(
+            StageKind::Local,
+            Setup {
+                pg_url: Some(db),
+                purchases_topic: Some(topic.clone()),
+                ..Setup::default()
+            },
+        )?;
+        let mut text = std::fs::read_to_string(&world.pipeline)?;
+        text.push_str(
+            "[stream]\nflush_interval = \"200ms\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+        );
+        std::fs::write(&world.pipeline, text)?;
+        let truth = world.dir.path().join("truth.json");
+        let logs = world.dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        world.run(&["migrate"])?;
+        // The dimensions first (same seed as the live run, so the same world), staged.
+        let dims_truth = world.dir.path().join("dims.json");
+        world.run(&[
+            "gen",
+            "--clients",
+            "3000",
+            "--sellers",
+            "40",
+            "--products",
+            "400",
+            "--purchases",
+            "0",
+            "--only",
+            "postgres",
+            "--only",
+            "products",
+            "--seed",
+            "11",
+            "--quiet",
+            "--truth",
+            &dims_truth.to_string_lossy(),
+        ])?;
+        for source in ["clients", "sellers", "products"] {
+            world.run(&["extract", source, "--quiet"])?;
+        }
+        Ok(Self {
+            world,
+            topic,
+            truth,
+            logs,
+        })
+    }
+
+    /// `gen` streaming live purchases into the topic.
+    fn generator(&self, rate: u64, seconds: u64) -> Result<Child> {
+        Ok(Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(&self.world.pipeline)
+            .args([
+                "gen",
+                "--clients",
+                "3000",
+                "--sellers",
+                "40",
+                "--products",
+                "400",
+                "--only",
+                "purchases",
+                "--seed",
+                "11",
+                "--duplicate-fraction",
+                "0.01",
+                "--bad-fraction",
+                "0.01",
+                "--unknown-fraction",
+                "0.005",
+                "--quiet",
+            ])
+            .args([
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{seconds}s"),
+            ])
+            .arg("--truth")
+            .arg(&self.truth)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?)
+    }
+
+    /// A loader whose log goes to `logs/<name>.log` (appended across restarts).
+    fn loader(&self, name: &str, extra: &[&str]) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{name}.log")))?;
+        Ok(Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(&self.world.pipeline)
+            .args(["stream", "run", "--no-metrics"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn truth(&self) -> Result<Value> {
+        Ok(serde_json::from_slice(&std::fs::read(&self.truth)?)?)
+    }
+
+    /// Drains what is left with one loader (`--until-end`).
+    fn finish(&self) -> Result<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(&self.world.pipeline)
+            .args([
+                "stream",
+                "run",
+                "--no-metrics",
+                "--until-end",
+                "--idle",
+                "3s",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "final stream run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        batch_support::last_json(&String::from_utf8(out.stdout)?)
+    }
+}
+
+/// Window rows of the stream views: (window start as `YYYY-MM-DDTHH:MM:SSZ`, key) →
+/// (revenue, purchases, items, distinct clients).
+async fn windows(
+    ch: &ClickHouse,
+    granularity: &str,
+    dim: &str,
+) -> Result<BTreeMap<(String, String), (Decimal, u64, u64, u64)>> {
+    // Both values are this test's own constants, never data.
+    let rows = ch
+        .rows(
+            "stream windows",
+            &format!(
+                "SELECT formatDateTime(window_start, '%Y-%m-%dT%H:%M:%SZ', 'UTC'), key, \
+                 toString(revenue), purchases, items, distinct_clients \
+                 FROM stream_sales_v WHERE granularity = '{granularity}' AND dim = '{dim}'"
+            ),
+        )
+        .await?;
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let [w, k, rev, p, i, d] =
+            <[String; 6]>::try_from(r).map_err(|r| anyhow::anyhow!("row {r:?}"))?;
+        out.insert(
+            (w, k),
+            (Decimal::from_str(&rev)?, p.parse()?, i.parse()?, d.parse()?),
+        );
+    }
+    Ok(out)
+}
+
+fn bucket(v: &Value) -> Result<(Decimal, u64, u64)> {
+    Ok((
+        Decimal::from_str(v["revenue"].as_str().context("revenue")?)?,
+        v["purchases"].as_u64().context("purchases")?,
+        v["items"].as_u64().context("items")?,
+    ))
+}
+
+/// Every day, hour and minute aggregate of the stream equals the truth.
+async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
+    let ch = &chaos.world.ch;
+    let truth = chaos.truth()?;
+    let days = truth["days"].as_object().context("days")?;
+    anyhow::ensure!(!days.is_empty(), "the truth has no day");
+    let day_total = windows(ch, "day", "total").await?;
+    let mut expected_days = 0;
+    for (day, t) in days {
+        let start = format!("{day}T00:00:00Z");
+        let (rev, p, i) = bucket(&t["total"])?;
+        let got = day_total
+            .get(&(start.clone(), String::new()))
+            .with_context(|| format!("no day total for {day}"))?;
+        assert_eq!(
+            (got.0, got.1, got.2, got.3),
+            (
+                rev,
+                p,
+                i,
+                t["distinct_clients"].as_u64().context("clients")?
+            ),
+            "day {day} total"
+        );
+        expected_days += 1;
+        for (dim, field) in [
+            ("seller", "by_seller"),
+            ("category", "by_category"),
+            ("product", "by_product"),
+        ] {
+            let got = windows(ch, "day", dim).await?;
+            let want = t[field].as_object().context("breakdown")?;
+            let got_day: BTreeMap<&String, (Decimal, u64, u64)> = got
+                .iter()
+                .filter(|((w, _), _)| *w == start)
+                .map(|((_, k), v)| (k, (v.0, v.1, v.2)))
+                .collect();
+            let want: BTreeMap<&String, (Decimal, u64, u64)> = want
+                .iter()
+                .map(|(k, v)| Ok((k, bucket(v)?)))
+                .collect::<Result<_>>()?;
+            assert_eq!(got_day, want, "day {day} by {dim}");
+        }
+        for (granularity, field) in [("hour", "by_hour"), ("minute", "by_minute")] {
+            let Some(want) = t[field].as_object() else {
+                anyhow::bail!("the truth has no {field}");
+            };
+            let got = windows(ch, granularity, "total").await?;
+            let got_day: BTreeMap<String, (Decimal, u64, u64)> = got
+                .iter()
+                .filter(|((w, _), _)| want.contains_key(w))
+                .map(|((w, _), v)| (w.clone(), (v.0, v.1, v.2)))
+                .collect();
+            let want: BTreeMap<String, (Decimal, u64, u64)> = want
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), bucket(v)?)))
+                .collect::<Result<_>>()?;
+            assert_eq!(got_day, want, "day {day} by {granularity}");
+        }
+    }
+    assert_eq!(day_total.len(), expected_days, "days the stream counted");
+    // Every message is counted or rejected under its reason.
+    let rejects: BTreeMap<String, u64> = ch
+        .rows(
+            "stream rejects",
+            "SELECT reason, sum(records) FROM stream_rejects_v GROUP BY reason",
+        )
+        .await?
+        .into_iter()
+        .map(|r| Ok((r[0].clone(), r[1].parse()?)))
+        .collect::<Result<_>>()?;
+    let counts = &truth["counts"];
+    let mut want: BTreeMap<String, u64> = counts["bad_by_reason"]
+        .as_object()
+        .context("bad_by_reason")?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+        .collect();
+    if let Some(d) = counts["duplicates"].as_u64().filter(|d| *d > 0) {
+        want.insert("duplicate".into(), d);
+    }
+    assert_eq!(rejects, want, "rejected records by reason");
+    let counted: u64 = day_total.values().map(|v| v.1).sum();
+    assert_eq!(
+        counted + rejects.values().sum::<u64>(),
+        counts["purchase_messages"].as_u64().context("messages")?,
+        "read = counted + rejected"
+    );
+    Ok(())
+}
+
+/// `extract purchases`, `batch run` and `reconcile` over every day of the truth.
+fn assert_reconciles(chaos: &Chaos) -> Result<()> {
+    let w = &chaos.world;
+    w.run(&["extract", "purchases", "--until-end", "--quiet"])?;
+    let truth = chaos.truth()?;
+    for day in truth["days"].as_object().context("days")?.keys() {
+        w.run(&["batch", "run", "--date", day])?;
+        let (ok, stdout, stderr) = w.try_run(&["reconcile", "--date", day, "--json"])?;
+        assert!(ok, "reconcile {day} found differences: {stdout}\n{stderr}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "not yet seen passing; run with `cargo test --test stream_chaos -- --ignored`"]
+async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase_once() -> Result<()>
+{
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rate: u64 = std::env::var("LAKESHOP_CHAOS_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6000);
+    let seconds = 50;
+    let chaos = Chaos::new(3).await?;
+    let mut gen = chaos.generator(rate, seconds)?;
+    let started = Instant::now();
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    let (mut broker_restarted, mut clickhouse_stopped) = (false, false);
+    while gen.try_wait()?.is_none() || kills < 5 || !broker_restarted || !clickhouse_stopped {
+        let mut loader = chaos.loader("loader", &[])?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(1500..5000)));
+        let t = started.elapsed().as_secs();
+        if !broker_restarted && t >= seconds / 4 {
+            stop_service("kafka")?;
+            std::thread::sleep(Duration::from_secs(2));
+            start_stack()?;
+            broker_restarted = true;
+            std::thread::sleep(Duration::from_secs(2));
+        } else if broker_restarted && !clickhouse_stopped && t >= seconds / 2 {
+            stop_service("clickhouse")?;
+            std::thread::sleep(Duration::from_secs(22));
+            start_stack()?;
+            clickhouse_stopped = true;
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        loader.kill()?; // SIGKILL
+        loader.wait()?;
+        kills += 1;
+    }
+    assert!(gen.wait()?.success(), "gen failed");
+    let summary = chaos.finish()?;
+    eprintln!("kills: {kills}, final run: {summary}");
+    assert!(chaos.log("loader").contains("partition restored"));
+    assert_equals_truth(&chaos).await?;
+    assert_reconciles(&chaos)?;
+    Ok(())
+}
+
+/// The partitions each "assigned" line of a log names.
+fn assignments(log: &str) -> Vec<Vec<i32>> {
+    log.lines()
+        .filter(|l| l.contains("assigned; reading from the checkpoints"))
+        .filter_map(|l| {
+            let list = l.split("partitions=[").nth(1)?.split(']').next()?;
+            Some(
+                list.split(',')
+                    .filter_map(|p| p.trim().parse().ok())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "not yet seen passing; run with `cargo test --test stream_chaos -- --ignored`"]
+async fn two_loaders_in_one_group_one_killed_count_every_purchase_once() -> Result<()> {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let chaos = Chaos::new(4).await?;
+    let mut gen = chaos.generator(4000, 40)?;
+    let mut stayer = chaos.loader("stayer", &["--group"])?;
+    let mut rng = rand::rng();
+    let mut kills = 0;
+    while gen.try_wait()?.is_none() || kills < 3 {
+        let mut other = chaos.loader("other", &["--group"])?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(6000..12000)));
+        other.kill()?; // SIGKILL
+        other.wait()?;
+        kills += 1;
+    }
+    assert!(gen.wait()?.success(), "gen failed");
+    // The member that stayed takes everything over and catches up.
+    let truth = chaos.truth()?;
+    let want: u64 = truth["counts"]["purchases"].as_u64().context("purchases")?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let got: u64 = windows(&chaos.world.ch, "day", "total")
+            .await?
+            .values()
+            .map(|v| v.1)
+            .sum();
+        if got >= want {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the remaining loader counted {got} of {want} purchases"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Command::new("kill")
+        .args(["-TERM", &stayer.id().to_string()])
+        .status()?;
+    assert!(
+        stayer.wait()?.success(),
+        "the remaining loader did not drain cleanly"
+    );
+    let stayer_log = chaos.log("stayer");
+    let other_log = chaos.log("other");
+    let stayer_sets = assignments(&stayer_log);
+    let other_sets = assignments(&other_log);
+    eprintln!("stayer assignments: {stayer_sets:?}; other: {other_sets:?}");
+    // Partitions moved: the other member owned some, and the stayer owned different sets.
+    assert!(
+        other_sets.iter().any(|s| !s.is_empty()),
+        "the killed member never got a partition"
+    );
+    let distinct: std::collections::BTreeSet<&Vec<i32>> = stayer_sets.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "the remaining member's partitions never changed"
+    );
+    assert!(stayer_log.contains("partition restored") && other_log.contains("partition restored"));
+    assert_equals_truth(&chaos).await?;
+    assert_reconciles(&chaos)?;
+    Ok(())
+}
