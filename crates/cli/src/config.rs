@@ -334,6 +334,9 @@ pub struct StreamConfig {
     /// when one moved. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub dims_refresh: Duration,
+    /// Also forward each rejected record to the `dead_letters` topic (raw payload; reason
+    /// and source position in headers), at least once. Default `false`.
+    pub forward_dead_letters: bool,
 }
 
 impl Default for StreamConfig {
@@ -343,6 +346,7 @@ impl Default for StreamConfig {
             flush_interval: Duration::from_millis(200),
             max_unacked_records: 500_000,
             dims_refresh: Duration::from_secs(5),
+            forward_dead_letters: false,
         }
     }
 }

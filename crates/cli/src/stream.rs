@@ -36,6 +36,10 @@ pub async fn run(config: &Config, args: StreamRunArgs) -> Result<ExitCode> {
         until_idle: args.until_end.then_some(args.idle),
         stop: stop.clone(),
         metrics: metrics.clone(),
+        dead_letters: config
+            .stream
+            .forward_dead_letters
+            .then(|| config.kafka.topic("dead_letters")),
     };
     let signals = lakeshop_service::stop_on_signal(stop.clone());
     let server = if args.no_metrics {
@@ -74,6 +78,6 @@ pub async fn run(config: &Config, args: StreamRunArgs) -> Result<ExitCode> {
     signals.abort();
     drop(server);
     let stats = done.context("stream run")?;
-    crate::outln!("{}", serde_json::to_string(&stats)?);
+    outln!("{}", serde_json::to_string(&stats)?);
     Ok(ExitCode::SUCCESS)
 }

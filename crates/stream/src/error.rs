@@ -23,6 +23,9 @@ pub enum Error {
     /// The dimension tables could not be read.
     #[error("dimension cache: {0}")]
     Dimensions(String),
+    /// A dead letter could not be forwarded (the loader stops; a restart forwards again).
+    #[error("dead letters: {0}")]
+    DeadLetters(String),
     /// A bug or a broken invariant.
     #[error("internal: {0}")]
     Internal(String),

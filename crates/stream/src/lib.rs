@@ -6,8 +6,10 @@
 //! - [`loader`]: the consumer loop, flushes, checkpoints and restore.
 //! - [`dims`]: the dimension cache, refreshed when the stage tables' versions move.
 //! - [`calendar`]: window boundaries in the business time zone.
+//! - [`dead_letters`]: rejected records forwarded to the dead-letters topic (optional).
 
 pub mod calendar;
+pub mod dead_letters;
 pub mod dims;
 mod error;
 pub mod loader;

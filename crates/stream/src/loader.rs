@@ -35,6 +35,7 @@ use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
+use crate::dead_letters::DeadLetters;
 use crate::dims::DimsCache;
 use crate::metrics::StreamMetrics;
 use crate::state::{Outcome, PartitionState, Restored, Settings, TOO_LATE};
@@ -82,6 +83,8 @@ pub struct StreamOptions {
     pub stop: Arc<AtomicBool>,
     /// Counters and gauges for `/metrics`.
     pub metrics: StreamMetrics,
+    /// Forward rejected records to this topic, reason in a header (at least once).
+    pub dead_letters: Option<String>,
 }
 
 /// What a run did, per partition and in all.
@@ -337,11 +340,17 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
         let ctx = consumer.context();
         tokio::task::block_in_place(|| ctx.assign(&consumer, &mut tpl));
     }
+    let dead_letters = match &opts.dead_letters {
+        Some(topic) => Some(DeadLetters::new(&opts.client, topic)?),
+        None => None,
+    };
     let opts2 = opts.clone();
     let ch = ch.clone();
-    let result = tokio::task::spawn_blocking(move || Loop::new(consumer, ch, opts2, dims).run())
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        Loop::new(consumer, ch, opts2, dims, dead_letters).run()
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?;
     refresher.abort();
     result
 }
@@ -360,6 +369,7 @@ struct Loop {
     unacked: usize,
     stats: StreamStats,
     paused: bool,
+    dead_letters: Option<DeadLetters>,
 }
 
 impl Loop {
@@ -368,8 +378,10 @@ impl Loop {
         ch: ClickHouse,
         opts: StreamOptions,
         dims: DimsCache,
+        dead_letters: Option<DeadLetters>,
     ) -> Self {
         Self {
+            dead_letters,
             consumer,
             ch,
             opts,
@@ -469,6 +481,15 @@ impl Loop {
                                 if reason == TOO_LATE {
                                     self.opts.metrics.too_late.inc();
                                 }
+                                if let Some(dl) = &mut self.dead_letters {
+                                    dl.forward(
+                                        &self.opts.topic,
+                                        p,
+                                        m.offset(),
+                                        m.payload().unwrap_or_default(),
+                                        reason,
+                                    )?;
+                                }
                                 self.unacked += 1;
                             }
                         }
@@ -513,6 +534,7 @@ impl Loop {
                             last_evict = now;
                         }
                     }
+                    Err(e @ Error::DeadLetters(_)) => return Err(e),
                     Err(e) => {
                         self.opts.metrics.flush_errors.inc();
                         tracing::warn!(error = %e, unacked = self.unacked, retry_in_ms = backoff.as_millis() as u64, "flush failed; keeping the rows and retrying");
@@ -621,6 +643,9 @@ impl Loop {
         }
         insert(StreamTable::Windows, &windows)?;
         insert(StreamTable::Rejects, &rejects)?;
+        if let Some(dl) = &mut self.dead_letters {
+            dl.acknowledge()?;
+        }
         insert(StreamTable::Checkpoints, &checkpoints)?;
         let acked_ms = chrono::Utc::now().timestamp_millis();
         for st in self.states.values_mut() {

@@ -844,7 +844,8 @@ mod tests {
         assert_eq!(measures("t", &cells).expect("measures"), m("12.3", 2, 3, 1));
         assert!(measures("t", &cells[..3]).is_err());
         assert!(count("t", "-1").is_err());
-        assert!(decimal("t", "1e3").is_err());
+        assert!(decimal("t", "12,30").is_err());
+        assert!(decimal("t", "").is_err());
         let rows = vec![
             ["p1", "books", "1.00", "1", "1"].map(String::from).to_vec(),
             ["p1", "books", "1.00", "1", "1"].map(String::from).to_vec(),

@@ -179,3 +179,26 @@ pub fn read_topic(topic: &str, idle: Duration) -> Result<Vec<Record>> {
     }
     Ok(out)
 }
+
+/// Writes `records` (partition, payload, timestamp in ms) to `topic` one at a time, each
+/// acknowledged by the broker before the next is sent (so offsets follow the slice's order).
+pub async fn produce(topic: &str, records: &[(i32, Vec<u8>, i64)]) -> Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("message.max.bytes", "8388608")
+        .create()?;
+    for (partition, payload, ts) in records {
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(topic)
+                    .partition(*partition)
+                    .payload(payload)
+                    .timestamp(*ts),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
+    }
+    Ok(())
+}

@@ -68,7 +68,7 @@ fn world(seed: u64, n: usize) -> World {
     let mut counted: Vec<Purchase> = Vec::new();
     let mut now = T0;
     let mut watermark = 0i64;
-    let mut rec = |log: &mut Vec<Rec>, payload: Vec<u8>, now: i64| {
+    let rec = |log: &mut Vec<Rec>, payload: Vec<u8>, now: i64| {
         log.push(Rec {
             payload,
             kafka_ms: now * 1000,

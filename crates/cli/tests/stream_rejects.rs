@@ -1,0 +1,237 @@
+//! Every kind of bad record reaches `stream run` and is counted under its reason, in the
+//! run's summary and in `stream_rejects_v`, while the good records around them are counted
+//! in their windows: each validation reason, a re-sent purchase, a re-send with other
+//! content, a purchase later than the allowed lateness, and one of an unknown product (which
+//! counts, under `unknown`). Each rejected record is forwarded to the dead-letters topic with
+//! its reason. A second run over the same topic reads nothing again.
+
+mod batch_support;
+
+use anyhow::{Context as _, Result};
+use batch_support::{Setup, StageKind, World};
+use chrono::{DateTime, TimeDelta, Utc};
+use lakeshop_gen::BadKind;
+use lakeshop_model::Purchase;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+const PRODUCT: &str = "6f1c7a52-1d7e-4a53-9a43-0f5b2f0c1a01";
+const SELLER: &str = "9b2e4c11-8a6f-4b0e-8d7a-2c3f5e6a7b02";
+const CLIENT: &str = "0d3a5b7c-9e1f-4a2b-8c4d-6e8f0a1b2c03";
+
+fn purchase(id: u128, product: &str, seller: Option<&str>, ts: DateTime<Utc>) -> Purchase {
+    Purchase {
+        purchase_id: uuid::Uuid::from_u128(id),
+        client_id: uuid::Uuid::parse_str(CLIENT).expect("uuid"),
+        product_id: uuid::Uuid::parse_str(product).expect("uuid"),
+        seller_id: seller.map(|s| uuid::Uuid::parse_str(s).expect("uuid")),
+        quantity: 2,
+        price: Decimal::from_str("12.50").expect("decimal"),
+        timestamp: ts,
+    }
+}
+
+fn stream_run(world: &World) -> Result<Value> {
+    let out = world.run(&[
+        "stream",
+        "run",
+        "--no-metrics",
+        "--until-end",
+        "--idle",
+        "2s",
+    ])?;
+    batch_support::last_json(&out)
+}
+
+async fn sum_by_reason(world: &World) -> Result<BTreeMap<String, u64>> {
+    world
+        .ch
+        .rows(
+            "stream rejects",
+            "SELECT reason, sum(records) FROM stream_rejects_v GROUP BY reason",
+        )
+        .await?
+        .into_iter()
+        .map(|r| Ok((r[0].clone(), r[1].parse()?)))
+        .collect()
+}
+
+/// (key → (revenue, purchases)) of the day windows of `dim`.
+async fn day_windows(world: &World, dim: &str) -> Result<BTreeMap<String, (Decimal, u64)>> {
+    // `dim` is one of this test's constants, never data.
+    world
+        .ch
+        .rows(
+            "stream windows",
+            &format!(
+                "SELECT key, toString(revenue), purchases FROM stream_sales_v \
+                 WHERE granularity = 'day' AND dim = '{dim}'"
+            ),
+        )
+        .await?
+        .into_iter()
+        .map(|r| Ok((r[0].clone(), (Decimal::from_str(&r[1])?, r[2].parse()?))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_bad_record_is_counted_under_its_reason() -> Result<()> {
+    let topic = lakeshop_testkit::unique("purchases");
+    lakeshop_testkit::create_topic(&topic, 1).await?;
+    let world = World::new(
+        StageKind::Local,
+        Setup {
+            purchases_topic: Some(topic.clone()),
+            ..Setup::default()
+        },
+    )?;
+    let dead_letters = lakeshop_testkit::unique("dead_letters");
+    lakeshop_testkit::create_topic(&dead_letters, 1).await?;
+    let mut text = std::fs::read_to_string(&world.pipeline)?;
+    text.push_str(&format!(
+        "[kafka.topics.dead_letters]\nname = \"{dead_letters}\"\npartitions = 1\n\
+         [stream]\nforward_dead_letters = true\n"
+    ));
+    std::fs::write(&world.pipeline, text)?;
+    world.run(&["migrate"])?;
+    let stage = world.stage();
+    batch_support::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
+    batch_support::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)]).await?;
+
+    let now = Utc::now();
+    let now_ms = now.timestamp_millis();
+    // Whole minutes, so that every event below falls in a known minute.
+    let t0 = DateTime::from_timestamp(now.timestamp() / 3600 * 3600 - 3 * 3600, 0).context("t0")?;
+    let at = |m: i64| t0 + TimeDelta::minutes(m);
+    let a = purchase(1, PRODUCT, Some(SELLER), at(0));
+    let unknown_product = "11111111-2222-4333-8444-555555555555";
+    let b = purchase(2, unknown_product, None, at(0) + TimeDelta::seconds(10));
+    let mut conflicting = a.clone();
+    conflicting.quantity = 3;
+    let mut records: Vec<Vec<u8>> = vec![
+        a.to_json().into_bytes(),
+        b.to_json().into_bytes(),
+        a.to_json().into_bytes(),
+        conflicting.to_json().into_bytes(),
+    ];
+    let mut want: BTreeMap<String, u64> = BTreeMap::from([
+        ("duplicate".to_string(), 1),
+        ("conflicting_duplicate".to_string(), 1),
+    ]);
+    let mut rng = rand::rng();
+    for (i, (kind, _)) in BadKind::WEIGHTED.iter().enumerate() {
+        let p = purchase(100 + i as u128, PRODUCT, Some(SELLER), at(1));
+        records.push(kind.corrupt(&mut rng, &p, now));
+        *want.entry(kind.reason().as_str().to_string()).or_default() += 1;
+    }
+    // The watermark moves to minute 20; minute 1 is then past the 5-minute lateness,
+    // minute 16 is not.
+    records.push(
+        purchase(3, PRODUCT, Some(SELLER), at(20))
+            .to_json()
+            .into_bytes(),
+    );
+    records.push(
+        purchase(4, PRODUCT, Some(SELLER), at(1))
+            .to_json()
+            .into_bytes(),
+    );
+    want.insert("too_late".to_string(), 1);
+    records.push(
+        purchase(5, PRODUCT, Some(SELLER), at(16))
+            .to_json()
+            .into_bytes(),
+    );
+    let total = records.len() as u64;
+    let counted = 4;
+    let sent = records.clone();
+    lakeshop_testkit::produce(
+        &topic,
+        &records
+            .into_iter()
+            .map(|r| (0, r, now_ms))
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+
+    let stats = stream_run(&world)?;
+    let by_reason: BTreeMap<String, u64> =
+        serde_json::from_value(stats["rejected_by_reason"].clone())?;
+    assert_eq!(by_reason, want, "summary: rejected by reason");
+    assert_eq!(stats["read"], total, "summary: read");
+    assert_eq!(stats["counted"], counted, "summary: counted");
+    assert_eq!(
+        stats["partitions"]["0"],
+        serde_json::json!([total, counted, total - counted]),
+        "partition 0: read, counted, rejected"
+    );
+    assert_eq!(sum_by_reason(&world).await?, want, "stream_rejects_v");
+    // Each rejected record is in the dead-letters topic once, raw, with its reason.
+    let letters = lakeshop_testkit::read_topic(&dead_letters, Duration::from_secs(2))?;
+    let mut forwarded: BTreeMap<String, u64> = BTreeMap::new();
+    for l in &letters {
+        let header = |k: &str| {
+            l.headers
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| String::from_utf8_lossy(v).to_string())
+                .unwrap_or_default()
+        };
+        let offset: usize = header("source_offset").parse()?;
+        assert_eq!(header("source_topic"), topic);
+        assert_eq!(l.payload, sent[offset], "dead letter at offset {offset}");
+        *forwarded.entry(header("reason")).or_default() += 1;
+    }
+    assert_eq!(forwarded, want, "dead letters by reason");
+
+    let amount = Decimal::from_str("25.00")?;
+    let total_day = day_windows(&world, "total").await?;
+    assert_eq!(
+        total_day.values().copied().collect::<Vec<_>>(),
+        vec![(amount * Decimal::from(counted), counted)],
+        "day total"
+    );
+    assert_eq!(
+        day_windows(&world, "product").await?,
+        BTreeMap::from([
+            (PRODUCT.to_string(), (amount * Decimal::from(3), 3)),
+            ("unknown".to_string(), (amount, 1)),
+        ]),
+        "by product"
+    );
+    assert_eq!(
+        day_windows(&world, "seller").await?,
+        BTreeMap::from([
+            (SELLER.to_string(), (amount * Decimal::from(3), 3)),
+            ("unknown".to_string(), (amount, 1)),
+        ]),
+        "by seller"
+    );
+    // The late-but-allowed purchase updated its own minute.
+    let minute16 = world
+        .ch
+        .rows(
+            "minute 16",
+            &format!(
+                "SELECT purchases FROM stream_sales_v WHERE granularity = 'minute' \
+                 AND dim = 'total' AND window_start = toDateTime({})",
+                at(16).timestamp()
+            ),
+        )
+        .await?;
+    assert_eq!(minute16, vec![vec!["1".to_string()]], "minute 16");
+
+    // From the checkpoint: nothing is read or counted again.
+    let again = stream_run(&world)?;
+    assert_eq!(again["read"], 0, "second run read again: {again}");
+    assert_eq!(
+        sum_by_reason(&world).await?,
+        want,
+        "rejects after a second run"
+    );
+    assert_eq!(day_windows(&world, "total").await?, total_day);
+    Ok(())
+}
