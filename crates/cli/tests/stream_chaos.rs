@@ -4,7 +4,8 @@
 //! every minute, hour and day aggregate equals the generator's ground truth exactly, every
 //! record is counted or rejected under its reason, and `reconcile` against a batch run over
 //! the same stage finds no difference. Then the same with two loaders in one consumer group,
-//! one of them killed again and again, with proof that partitions moved between them.
+//! one of them killed again and again, with proof that partitions moved between them (what
+//! a dead member may still hold on the local broker is drained by one loader at the end).
 //!
 //! The two tests stop shared services, so they run one at a time.
 
@@ -30,7 +31,10 @@ fn repo() -> PathBuf {
 
 fn state_dir() -> PathBuf {
     std::env::var("LAKESHOP_STATE_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
+        .ok_or(())
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".local/state/lakeshop")
         })
@@ -41,8 +45,14 @@ fn stop_service(name: &str) -> Result<()> {
     let pid = std::fs::read_to_string(state_dir().join("pids").join(format!("{name}.pid")))
         .with_context(|| format!("{name} was not started by `make up`"))?;
     let pid = pid.trim();
+    // `--` first: procps `kill` reads a bare negative number as options (`-17924` would
+    // become signal 17 and pid -1, every process).
+    anyhow::ensure!(
+        pid.parse::<u32>().is_ok_and(|p| p > 1),
+        "{name}.pid holds {pid:?}"
+    );
     Command::new("kill")
-        .args(["-TERM", &format!("-{pid}")])
+        .args(["-TERM", "--", &format!("-{pid}")])
         .status()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while Path::new(&format!("/proc/{pid}")).exists() {
@@ -185,6 +195,21 @@ impl Chaos {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The lines of a loader's log that tell what happened to it (assignments, revocations,
+    /// warnings, errors, the last progress lines), for a failure message.
+    fn log_events(&self, name: &str) -> String {
+        let log = self.log(name);
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                ["assigned", "revoked", "WARN", "ERROR", "progress", "stop"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     fn truth(&self) -> Result<Value> {
@@ -395,7 +420,23 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
     assert!(gen.wait()?.success(), "gen failed");
     let summary = chaos.finish()?;
     eprintln!("kills: {kills}, final run: {summary}");
-    assert!(chaos.log("loader").contains("partition restored"));
+    // Evidence that the chaos reached the loader: restores from checkpoints after kills, and
+    // flushes that failed while ClickHouse was down.
+    let log = chaos.log("loader");
+    let restores = log
+        .lines()
+        .filter(|l| l.contains("assigned; reading from the checkpoints"))
+        .count();
+    let failed_flushes = log.lines().filter(|l| l.contains("flush failed")).count();
+    eprintln!("loader starts that restored state: {restores}, failed flushes: {failed_flushes}");
+    assert!(
+        restores >= 5,
+        "only {restores} loader starts restored state"
+    );
+    assert!(
+        failed_flushes > 0,
+        "no flush failed while ClickHouse was down"
+    );
     assert_equals_truth(&chaos).await?;
     assert_reconciles(&chaos)?;
     Ok(())
@@ -432,32 +473,16 @@ async fn two_loaders_in_one_group_one_killed_count_every_purchase_once() -> Resu
         kills += 1;
     }
     assert!(gen.wait()?.success(), "gen failed");
-    // The member that stayed takes everything over and catches up.
-    let truth = chaos.truth()?;
-    let want: u64 = truth["counts"]["purchases"].as_u64().context("purchases")?;
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let got: u64 = windows(&chaos.world.ch, "day", "total")
-            .await?
-            .values()
-            .map(|v| v.1)
-            .sum();
-        if got >= want {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the remaining loader counted {got} of {want} purchases"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // The member that stayed drains what it holds on SIGTERM. The local broker does not
+    // always expire a member that died (Apache Kafka does, after `session.timeout.ms`), so a
+    // partition may stay assigned to a dead member: one loader without a group then reads
+    // what is left from the checkpoints the group members wrote.
     Command::new("kill")
         .args(["-TERM", &stayer.id().to_string()])
         .status()?;
-    assert!(
-        stayer.wait()?.success(),
-        "the remaining loader did not drain cleanly"
-    );
+    assert!(stayer.wait()?.success(), "the stayer did not drain cleanly");
+    let summary = chaos.finish()?;
+    eprintln!("kills: {kills}, final run: {summary}");
     let stayer_log = chaos.log("stayer");
     let other_log = chaos.log("other");
     let stayer_sets = assignments(&stayer_log);
@@ -471,7 +496,8 @@ async fn two_loaders_in_one_group_one_killed_count_every_purchase_once() -> Resu
     let distinct: std::collections::BTreeSet<&Vec<i32>> = stayer_sets.iter().collect();
     assert!(
         distinct.len() >= 2,
-        "the remaining member's partitions never changed"
+        "the remaining member's partitions never changed:\n{}",
+        chaos.log_events("stayer")
     );
     assert!(stayer_log.contains("partition restored") && other_log.contains("partition restored"));
     assert_equals_truth(&chaos).await?;
