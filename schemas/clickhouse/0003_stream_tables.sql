@@ -79,8 +79,8 @@ ORDER BY (reason, minute_start, source, part);
 
 -- The loader's checkpoint per pipeline and partition: the next offset to read, and the
 -- partition's watermark (newest event time) and clock (newest event or Kafka time) there.
--- Written only after ClickHouse acknowledged every row that covers the records before it;
--- offsets only grow, so the latest is the largest.
+-- Written only after ClickHouse acknowledged every row that covers the records before it,
+-- and offsets only grow, so the latest is the largest.
 CREATE TABLE IF NOT EXISTS stream_checkpoints
 (
     pipeline    String,
