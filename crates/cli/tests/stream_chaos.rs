@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -384,7 +384,7 @@ fn assert_reconciles(chaos: &Chaos) -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase_once() -> Result<()>
 {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let rate: u64 = std::env::var("LAKESHOP_CHAOS_RATE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -459,7 +459,7 @@ fn assignments(log: &str) -> Vec<Vec<i32>> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_loaders_in_one_group_one_killed_count_every_purchase_once() -> Result<()> {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let chaos = Chaos::new(4).await?;
     let mut gen = chaos.generator(4000, 40)?;
     let mut stayer = chaos.loader("stayer", &["--group"])?;

@@ -8,6 +8,8 @@ use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// (granularity, start, dim, key) → (cents, purchases, items).
+type Totals = BTreeMap<(String, i64, String, String), (i128, u64, u64)>;
 const T0: i64 = 1_795_000_000; // 2026-11-18, whole minutes below
 
 fn settings() -> Settings {
@@ -47,7 +49,7 @@ struct World {
     dims: Dims,
     log: Vec<Rec>,
     /// What the model counts: (granularity, start, dim, key) → (cents, purchases, items).
-    expected: BTreeMap<(String, i64, String, String), (i128, u64, u64)>,
+    expected: Totals,
     expected_rejects: BTreeMap<String, u64>,
 }
 
@@ -219,7 +221,7 @@ impl Store {
         }
     }
 
-    fn totals(&self) -> BTreeMap<(String, i64, String, String), (i128, u64, u64)> {
+    fn totals(&self) -> Totals {
         self.windows
             .iter()
             .map(|(k, w)| (k.clone(), (w.revenue, w.purchases, w.items)))
