@@ -10,6 +10,9 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The Kafka consumer stopped (client, rebalance or position read).
+    #[error(transparent)]
+    Consumer(#[from] crate::kafka::ConsumerError),
     /// PostgreSQL failed.
     #[error("postgres {table}: {source}")]
     Postgres {

@@ -14,6 +14,9 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// The Kafka consumer stopped (client, rebalance or checkpoint read).
+    #[error(transparent)]
+    Consumer(#[from] lakeshop_sources::kafka::ConsumerError),
     /// ClickHouse failed.
     #[error(transparent)]
     ClickHouse(#[from] lakeshop_clickhouse::Error),
@@ -37,6 +40,7 @@ impl Error {
         match self {
             Error::ClickHouse(e) => e.is_retryable(),
             Error::Kafka { .. } => true,
+            Error::Consumer(e) => e.is_retryable(),
             _ => false,
         }
     }

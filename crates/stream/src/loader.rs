@@ -21,19 +21,16 @@
 //! `max_unacked_records` records wait for acknowledgement, then the assigned partitions are
 //! paused until a flush succeeds. A broker restart is librdkafka's reconnect.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lakeshop_clickhouse::stream::Checkpoint;
 use lakeshop_clickhouse::{ClickHouse, RowBinary, StreamTable};
+use lakeshop_sources::kafka::{ConsumerOptions, KafkaConsumer, Polled, Resume, Resumed};
 use lakeshop_stage::Stage;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 
 use crate::dead_letters::DeadLetters;
 use crate::dims::DimsCache;
@@ -41,8 +38,6 @@ use crate::metrics::StreamMetrics;
 use crate::state::{Outcome, PartitionState, Restored, Settings, TOO_LATE};
 use crate::{Error, Result};
 
-/// How far before its checkpoint a partition is read again on assignment (then skipped).
-const RESUME_REWIND: i64 = 10_000;
 /// Longest wait between two tries of a failed flush.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest a single insert may take before the flush counts as failed.
@@ -53,7 +48,7 @@ const EVICT_EVERY: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What one loader reads and how it flushes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StreamOptions {
     /// Brokers and pass-through librdkafka properties.
     pub client: ClientConfig,
@@ -104,129 +99,63 @@ pub struct StreamStats {
     pub partitions: BTreeMap<i32, (u64, u64, u64)>,
 }
 
-/// Partitions handed over by the rebalance callback, for the loop to take.
-#[derive(Debug, Default)]
-struct Handover {
-    arrived: Vec<PartitionState>,
-    revoked: BTreeSet<i32>,
-    /// Next offset of each partition the loop holds (for the lag gauge).
-    next: BTreeMap<i32, i64>,
-    error: Option<String>,
+impl std::fmt::Debug for StreamOptions {
+    // The client properties may hold credentials: they are not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamOptions")
+            .field("topic", &self.topic)
+            .field("pipeline", &self.pipeline)
+            .field("group_id", &self.group_id)
+            .field("group", &self.group)
+            .field("timezone", &self.timezone)
+            .field("allowed_lateness", &self.allowed_lateness)
+            .field("flush_interval", &self.flush_interval)
+            .field("max_unacked_records", &self.max_unacked_records)
+            .field("until_idle", &self.until_idle)
+            .field("dead_letters", &self.dead_letters)
+            .finish_non_exhaustive()
+    }
 }
 
-struct Ctx {
+/// The loader's positions: each partition's checkpoint in ClickHouse, restored with the
+/// state it covers.
+struct Checkpoints {
     topic: String,
     settings: Settings,
     pipeline: String,
     ch: ClickHouse,
     dims: DimsCache,
-    stop: Arc<AtomicBool>,
-    metrics: StreamMetrics,
     runtime: tokio::runtime::Handle,
-    handover: Mutex<Handover>,
 }
 
-impl ClientContext for Ctx {
-    /// The high watermark each partition's last fetch carried (never ListOffsets), minus the
-    /// next offset to read, is the lag.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, part) in &topic.partitions {
-            if let (Some(next), true) = (h.next.get(p), part.hi_offset >= 0) {
-                self.metrics.set_lag(*p, (part.hi_offset - next).max(0));
-            }
-        }
-    }
+impl Resume for Checkpoints {
+    type State = PartitionState;
+    const FROM: &'static str = "the checkpoints";
 
-    fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::debug!(topic = %self.topic, reason, "end of partition");
-        } else {
-            tracing::warn!(topic = %self.topic, error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl ConsumerContext for Ctx {
-    fn rebalance(
+    fn resume(
         &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let mut h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-                for e in tpl.elements_for_topic(&self.topic) {
-                    h.revoked.insert(e.partition());
-                    h.next.remove(&e.partition());
+        partitions: &[i32],
+    ) -> std::result::Result<Vec<Resumed<PartitionState>>, String> {
+        let states = self
+            .runtime
+            .block_on(self.restore(partitions))
+            .map_err(|e| e.to_string())?;
+        Ok(states
+            .into_iter()
+            .map(|st| {
+                let (windows, ids) = st.sizes();
+                tracing::info!(topic = %self.topic, partition = st.part(), next = st.next, watermark = st.watermark, windows, ids, "partition restored");
+                Resumed {
+                    partition: st.part(),
+                    next: (st.next > 0).then_some(st.next),
+                    state: st,
                 }
-                tracing::info!(topic = %self.topic, partitions = ?h.revoked, "partitions revoked; their unflushed state is dropped (the next owner replays it)");
-                let _ = consumer.unassign();
-            }
-            other => {
-                let mut h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-                h.error = Some(format!("rebalance failed: {other:?}"));
-            }
-        }
+            })
+            .collect())
     }
 }
 
-impl Ctx {
-    /// Restores `tpl`'s partitions from ClickHouse (retrying while it does not answer),
-    /// positions them at their checkpoints and assigns them.
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(200);
-        let states = loop {
-            match self.runtime.block_on(self.restore(&partitions)) {
-                Ok(s) => break s,
-                Err(e) if !self.stop.load(Ordering::Relaxed) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot restore partition state; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    let mut h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-                    h.error = Some(format!("restoring partitions: {e}"));
-                    return;
-                }
-            }
-        };
-        let mut h = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        for st in states {
-            let p = st.part();
-            let offset = if st.next > 0 {
-                Offset::Offset((st.next - RESUME_REWIND).max(0))
-            } else {
-                Offset::Beginning
-            };
-            let _ = tpl.set_partition_offset(&self.topic, p, offset);
-            let (windows, ids) = st.sizes();
-            tracing::info!(topic = %self.topic, partition = p, next = st.next, watermark = st.watermark, windows, ids, "partition restored");
-            h.revoked.remove(&p);
-            h.next.insert(p, st.next);
-            h.arrived.push(st);
-        }
-        tracing::info!(topic = %self.topic, partitions = ?partitions, ms = started.elapsed().as_millis() as u64, "assigned; reading from the checkpoints");
-        if let Err(e) = consumer.assign(tpl) {
-            h.error = Some(format!("assign: {e}"));
-        }
-    }
-
+impl Checkpoints {
     async fn restore(&self, partitions: &[i32]) -> Result<Vec<PartitionState>> {
         let checkpoints: HashMap<i32, Checkpoint> = self
             .ch
@@ -281,7 +210,7 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
     let (products, sellers) = dims.get().sizes();
     tracing::info!(products, sellers, "dimension cache loaded");
     let refresher = dims.refresh_task(stage.clone(), opts.dims_refresh);
-    let ctx = Ctx {
+    let checkpoints = Checkpoints {
         topic: opts.topic.clone(),
         settings: Settings {
             topic: Arc::from(opts.topic.as_str()),
@@ -291,63 +220,31 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
         pipeline: opts.pipeline.clone(),
         ch: ch.clone(),
         dims: dims.clone(),
-        stop: opts.stop.clone(),
-        metrics: opts.metrics.clone(),
         runtime: tokio::runtime::Handle::current(),
-        handover: Mutex::new(Handover::default()),
     };
-    let mut client = opts.client.clone();
-    client
-        .set("group.id", &opts.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("statistics.interval.ms", "1000")
-        // Latency: a fetch returns as soon as it has data and waits at most this long.
-        .set("fetch.wait.max.ms", "20")
-        .set("fetch.message.max.bytes", "8388608");
-    let kafka_err = |source| Error::Kafka {
+    let metrics = opts.metrics.clone();
+    let options = ConsumerOptions {
+        client: opts.client.clone(),
         topic: opts.topic.clone(),
-        source,
+        group_id: opts.group_id.clone(),
+        group: opts.group,
+        // Latency: a fetch returns as soon as it has data and waits at most this long.
+        fetch_wait: Some(Duration::from_millis(20)),
+        stop: opts.stop.clone(),
+        lag: Arc::new(move |p, lag| metrics.set_lag(p, lag)),
     };
-    let consumer: BaseConsumer<Ctx> = client.create_with_context(ctx).map_err(kafka_err)?;
-    if opts.group {
-        consumer.subscribe(&[&opts.topic]).map_err(kafka_err)?;
-    } else {
-        let md = tokio::task::block_in_place(|| {
-            consumer.fetch_metadata(Some(&opts.topic), Duration::from_secs(30))
-        })
-        .map_err(kafka_err)?;
-        let mut tpl = TopicPartitionList::new();
-        for t in md.topics() {
-            if let Some(e) = t.error() {
-                return Err(Error::Kafka {
-                    topic: opts.topic.clone(),
-                    source: KafkaError::MetadataFetch(e.into()),
-                });
-            }
-            for p in t.partitions() {
-                tpl.add_partition(&opts.topic, p.id());
-            }
-        }
-        if tpl.count() == 0 {
-            return Err(Error::Config(format!(
-                "topic {} has no partitions (does it exist?)",
-                opts.topic
-            )));
-        }
-        let ctx = consumer.context();
-        tokio::task::block_in_place(|| ctx.assign(&consumer, &mut tpl));
-    }
     let dead_letters = match &opts.dead_letters {
         Some(topic) => Some(DeadLetters::new(&opts.client, topic)?),
         None => None,
     };
     let opts2 = opts.clone();
     let ch = ch.clone();
+    let runtime = tokio::runtime::Handle::current();
+    // librdkafka's poll blocks: the loop runs on a blocking thread and reaches ClickHouse
+    // through the runtime handle.
     let result = tokio::task::spawn_blocking(move || {
-        Loop::new(consumer, ch, opts2, dims, dead_letters).run()
+        let consumer = KafkaConsumer::start(&options, checkpoints)?;
+        Loop::new(consumer, runtime, ch, opts2, dims, dead_letters).run()
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
@@ -356,7 +253,8 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
 }
 
 struct Loop {
-    consumer: BaseConsumer<Ctx>,
+    consumer: KafkaConsumer<Checkpoints>,
+    runtime: tokio::runtime::Handle,
     ch: ClickHouse,
     opts: StreamOptions,
     dims: DimsCache,
@@ -368,13 +266,13 @@ struct Loop {
     /// Records processed since the last acknowledged flush.
     unacked: usize,
     stats: StreamStats,
-    paused: bool,
     dead_letters: Option<DeadLetters>,
 }
 
 impl Loop {
     fn new(
-        consumer: BaseConsumer<Ctx>,
+        consumer: KafkaConsumer<Checkpoints>,
+        runtime: tokio::runtime::Handle,
         ch: ClickHouse,
         opts: StreamOptions,
         dims: DimsCache,
@@ -383,6 +281,7 @@ impl Loop {
         Self {
             dead_letters,
             consumer,
+            runtime,
             ch,
             opts,
             dims,
@@ -391,43 +290,11 @@ impl Loop {
             purchases: RowBinary::new(),
             unacked: 0,
             stats: StreamStats::default(),
-            paused: false,
         }
-    }
-
-    /// Takes partitions the rebalance callback restored or revoked.
-    /// (An associated function: a polled message still borrows the consumer.)
-    fn take_handover(
-        consumer: &BaseConsumer<Ctx>,
-        states: &mut BTreeMap<i32, PartitionState>,
-        checkpointed: &mut BTreeMap<i32, i64>,
-    ) -> Result<()> {
-        let mut h = consumer
-            .context()
-            .handover
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = h.error.take() {
-            return Err(Error::Internal(e));
-        }
-        for p in std::mem::take(&mut h.revoked) {
-            states.remove(&p);
-            checkpointed.remove(&p);
-        }
-        for st in h.arrived.drain(..) {
-            checkpointed.insert(st.part(), st.next);
-            states.insert(st.part(), st);
-        }
-        for (p, st) in states.iter() {
-            h.next.insert(*p, st.next);
-        }
-        Ok(())
     }
 
     fn run(mut self) -> Result<StreamStats> {
         let mut dims = self.dims.get();
-        let mut eof: BTreeSet<i32> = BTreeSet::new();
-        let mut last_data = Instant::now();
         let mut last_flush = Instant::now();
         let mut last_evict = Instant::now();
         let mut last_progress = Instant::now();
@@ -435,87 +302,75 @@ impl Loop {
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_millis(250);
         let mut progress = (0u64, 0u64, 0u64);
-        Self::take_handover(&self.consumer, &mut self.states, &mut self.checkpointed)?;
         loop {
-            let polled = self.consumer.poll(Duration::from_millis(20));
+            let Polled {
+                revoked,
+                assigned,
+                record,
+            } = self.consumer.poll(Duration::from_millis(20))?;
             let now = Instant::now();
             if now.duration_since(last_beat) >= Duration::from_millis(250) {
                 self.opts.metrics.heartbeat();
                 last_beat = now;
             }
-            Self::take_handover(&self.consumer, &mut self.states, &mut self.checkpointed)?;
-            match polled {
-                Some(Ok(m)) => {
-                    let p = m.partition();
-                    if let Some(st) = self.states.get_mut(&p) {
-                        let outcome = st.process(
-                            m.offset(),
-                            m.timestamp().to_millis(),
-                            m.payload().unwrap_or_default(),
-                            &dims,
-                        );
-                        let entry = self.stats.partitions.entry(p).or_default();
-                        match outcome {
-                            Outcome::Skipped => {}
-                            Outcome::Counted => {
-                                entry.0 += 1;
-                                entry.1 += 1;
-                                self.stats.read += 1;
-                                self.stats.counted += 1;
-                                self.opts.metrics.consumed.inc();
-                                self.opts.metrics.counted.inc();
-                                self.unacked += 1;
-                            }
-                            Outcome::Rejected(reason) => {
-                                entry.0 += 1;
-                                entry.2 += 1;
-                                self.stats.read += 1;
-                                self.stats.rejected += 1;
-                                *self
-                                    .stats
-                                    .rejected_by_reason
-                                    .entry(reason.to_string())
-                                    .or_default() += 1;
-                                self.opts.metrics.consumed.inc();
-                                self.opts.metrics.rejected(reason);
-                                if reason == TOO_LATE {
-                                    self.opts.metrics.too_late.inc();
-                                }
-                                if let Some(dl) = &mut self.dead_letters {
-                                    dl.forward(
-                                        &self.opts.topic,
-                                        p,
-                                        m.offset(),
-                                        m.payload().unwrap_or_default(),
-                                        reason,
-                                    )?;
-                                }
-                                self.unacked += 1;
-                            }
+            // A revoked partition's unflushed state is dropped: its next owner replays it
+            // from the checkpoint.
+            for p in revoked {
+                self.states.remove(&p);
+                self.checkpointed.remove(&p);
+            }
+            for r in assigned {
+                self.checkpointed.insert(r.partition, r.state.next);
+                self.states.insert(r.partition, r.state);
+            }
+            if let Some(m) = record {
+                let p = m.partition();
+                if let Some(st) = self.states.get_mut(&p) {
+                    let outcome = st.process(m.offset(), m.timestamp_ms(), m.payload(), &dims);
+                    let entry = self.stats.partitions.entry(p).or_default();
+                    match outcome {
+                        Outcome::Skipped => {}
+                        Outcome::Counted => {
+                            entry.0 += 1;
+                            entry.1 += 1;
+                            self.stats.read += 1;
+                            self.stats.counted += 1;
+                            self.opts.metrics.consumed.inc();
+                            self.opts.metrics.counted.inc();
+                            self.unacked += 1;
                         }
-                        eof.remove(&p);
-                        last_data = now;
+                        Outcome::Rejected(reason) => {
+                            entry.0 += 1;
+                            entry.2 += 1;
+                            self.stats.read += 1;
+                            self.stats.rejected += 1;
+                            *self
+                                .stats
+                                .rejected_by_reason
+                                .entry(reason.to_string())
+                                .or_default() += 1;
+                            self.opts.metrics.consumed.inc();
+                            self.opts.metrics.rejected(reason);
+                            if reason == TOO_LATE {
+                                self.opts.metrics.too_late.inc();
+                            }
+                            if let Some(dl) = &mut self.dead_letters {
+                                dl.forward(&self.opts.topic, p, m.offset(), m.payload(), reason)?;
+                            }
+                            self.unacked += 1;
+                        }
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    eof.insert(p);
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(topic = %self.opts.topic, error = %e, "consumer error")
-                }
-                None => {}
             }
             let pending = self.needs_flush();
             let due = pending
                 && (now.duration_since(last_flush) >= self.opts.flush_interval
                     || self.unacked >= self.opts.max_unacked_records);
             let stopping = self.opts.stop.load(Ordering::Relaxed);
-            let caught_up = !self.states.is_empty()
-                && self.states.keys().all(|p| eof.contains(p))
-                && self
-                    .opts
-                    .until_idle
-                    .is_some_and(|idle| now.duration_since(last_data) >= idle);
+            let caught_up = self
+                .opts
+                .until_idle
+                .is_some_and(|idle| self.consumer.caught_up(idle));
             let may_try = retry_at.is_none_or(|t| now >= t);
             if (due || ((stopping || caught_up) && pending)) && may_try {
                 match self.flush() {
@@ -523,7 +378,7 @@ impl Loop {
                         last_flush = Instant::now();
                         retry_at = None;
                         backoff = Duration::from_millis(250);
-                        if self.paused {
+                        if self.consumer.is_paused() {
                             self.set_paused(false)?;
                         }
                         dims = self.dims.get();
@@ -546,7 +401,10 @@ impl Loop {
                     }
                 }
             }
-            if !self.paused && self.unacked >= self.opts.max_unacked_records && retry_at.is_some() {
+            if !self.consumer.is_paused()
+                && self.unacked >= self.opts.max_unacked_records
+                && retry_at.is_some()
+            {
                 tracing::warn!(
                     unacked = self.unacked,
                     "buffer full while ClickHouse does not acknowledge; pausing reads"
@@ -590,20 +448,7 @@ impl Loop {
     }
 
     fn set_paused(&mut self, paused: bool) -> Result<()> {
-        let tpl = self.consumer.assignment().map_err(|source| Error::Kafka {
-            topic: self.opts.topic.clone(),
-            source,
-        })?;
-        let r = if paused {
-            self.consumer.pause(&tpl)
-        } else {
-            self.consumer.resume(&tpl)
-        };
-        r.map_err(|source| Error::Kafka {
-            topic: self.opts.topic.clone(),
-            source,
-        })?;
-        self.paused = paused;
+        self.consumer.set_paused(paused)?;
         self.opts.metrics.backpressure.set(i64::from(paused));
         if !paused {
             tracing::info!("ClickHouse acknowledges again; reading resumed");
@@ -617,7 +462,7 @@ impl Loop {
         for st in self.states.values_mut() {
             st.take_purchases(&mut self.purchases);
         }
-        let runtime = self.consumer.context().runtime.clone();
+        let runtime = &self.runtime;
         let ch = &self.ch;
         let insert = |table: StreamTable, body: &RowBinary| -> Result<()> {
             runtime.block_on(async {

@@ -7,28 +7,28 @@
 //! never writes a dead letter twice. "Caught up" is decided from fetched data (partition
 //! EOF) plus an idle timeout, never from ListOffsets.
 
+mod consumer;
 mod metrics;
 mod rows;
 
 use chrono::Utc;
 use lakeshop_stage::{OffsetCommit, Stage, Table};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message as _;
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
-use std::collections::{BTreeMap, BTreeSet};
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use consumer::{
+    ConsumerError, ConsumerOptions, KafkaConsumer, Polled, Record, Resume, Resumed, RESUME_REWIND,
+};
 pub use metrics::ExtractMetrics;
 pub use rows::{DeadLetterRows, EventKind, EventRows, Position};
 
 use crate::{Error, Result};
 
 /// What one extractor run consumes and how it flushes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSourceConfig {
     /// Brokers and pass-through librdkafka properties.
     pub client: ClientConfig,
@@ -54,6 +54,22 @@ pub struct KafkaSourceConfig {
     pub metrics: ExtractMetrics,
 }
 
+impl std::fmt::Debug for KafkaSourceConfig {
+    // The client properties may hold credentials: they are not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSourceConfig")
+            .field("topic", &self.topic)
+            .field("group_id", &self.group_id)
+            .field("group", &self.group)
+            .field("kind", &self.kind)
+            .field("flush_interval", &self.flush_interval)
+            .field("flush_max_rows", &self.flush_max_rows)
+            .field("until_end_idle", &self.until_end_idle)
+            .field("timezone", &self.timezone)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtractStats {
@@ -70,64 +86,25 @@ pub struct ExtractStats {
 /// Records read between two reads of the clocks while records stream.
 const CLOCK_EVERY_RECORDS: u32 = 16;
 
-/// How far before its committed offset a partition is re-read on assignment (then skipped).
-const RESUME_REWIND: i64 = 10_000;
-
 /// Last committed offset per partition (`None`: never committed).
 type LastOffsets = BTreeMap<i32, Option<i64>>;
 
-#[derive(Debug, Default)]
-struct Assignment {
-    /// Next offset to read per assigned partition.
-    next: BTreeMap<i32, i64>,
-    /// Last offset committed in the event table per partition (`None`: never).
-    committed: BTreeMap<i32, Option<i64>>,
-    /// Last offset committed in `dead_letters` per partition.
-    dl_committed: BTreeMap<i32, Option<i64>>,
-    /// Partitions revoked since the main loop last looked.
-    revoked: BTreeSet<i32>,
-    error: Option<String>,
+/// Last offsets a partition has committed in the event table and in `dead_letters`.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed {
+    pub events: Option<i64>,
+    pub dead_letters: Option<i64>,
 }
 
-struct Ctx {
-    metrics: ExtractMetrics,
+/// The extractor's positions: the offsets committed with the stage's data (`txn` app ids).
+struct StageOffsets {
     stage: Stage,
     table: Table,
     topic: String,
     runtime: tokio::runtime::Handle,
-    state: Mutex<Assignment>,
 }
 
-impl ClientContext for Ctx {
-    /// librdkafka statistics (every second): the high watermark each partition's last fetch
-    /// response carried (never ListOffsets), minus the next offset to read, is the lag.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, part) in &topic.partitions {
-            if let (Some(next), true) = (state.next.get(p), part.hi_offset >= 0) {
-                self.metrics.set_lag(*p, (part.hi_offset - next).max(0));
-            }
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        // Reaching the end of a partition is how "caught up" is decided, not an error.
-        if matches!(
-            error,
-            KafkaError::PartitionEOF(_)
-                | KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::debug!(topic = %self.topic, reason, "end of partition");
-        } else {
-            tracing::error!(topic = %self.topic, error = %error, reason, "kafka client error");
-        }
-    }
-}
-
-impl Ctx {
+impl StageOffsets {
     /// Reads the committed offsets of `partitions` from both tables.
     fn load(&self, partitions: &[i32]) -> Result<(LastOffsets, LastOffsets)> {
         self.runtime.block_on(async {
@@ -144,76 +121,45 @@ impl Ctx {
     }
 }
 
-impl Ctx {
-    /// Positions `tpl`'s partitions at the stage's committed offsets and assigns them.
-    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
+impl Resume for StageOffsets {
+    type State = Committed;
+    const FROM: &'static str = "the stage's offsets";
+
+    fn resume(&self, partitions: &[i32]) -> std::result::Result<Vec<Resumed<Committed>>, String> {
+        let (events, dead_letters) = self.load(partitions).map_err(|e| e.to_string())?;
+        Ok(partitions
             .iter()
-            .map(|e| e.partition())
-            .collect();
-        match self.load(&partitions) {
-            Ok((committed, dl)) => {
-                for p in &partitions {
-                    // Start a little before the committed offset and skip what is already
-                    // staged (`next`): a broker may answer a fetch from the middle of a
-                    // record batch with the batch after it (the local tansu does), which
-                    // would silently skip the rest of that batch.
-                    let offset = match committed[p] {
-                        Some(last) => Offset::Offset((last + 1 - RESUME_REWIND).max(0)),
-                        None => Offset::Beginning,
-                    };
-                    let _ = tpl.set_partition_offset(&self.topic, *p, offset);
-                    if let Some(last) = committed[p] {
-                        state.next.insert(*p, last + 1);
-                    }
-                    state.revoked.remove(p);
+            .map(|p| {
+                let committed = Committed {
+                    events: events[p],
+                    dead_letters: dead_letters[p],
+                };
+                Resumed {
+                    partition: *p,
+                    next: committed.events.map(|last| last + 1),
+                    state: committed,
                 }
-                state.committed.extend(committed);
-                state.dl_committed.extend(dl);
-                tracing::info!(topic = %self.topic, partitions = ?partitions, "assigned; starting at the stage's offsets");
-                if let Err(e) = consumer.assign(tpl) {
-                    state.error = Some(format!("assign: {e}"));
-                }
-            }
-            Err(e) => {
-                state.error = Some(format!("reading offsets from the stage: {e}"));
-            }
-        }
+            })
+            .collect())
     }
 }
 
-impl ConsumerContext for Ctx {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
-            other => self.revoke(consumer, other, tpl),
-        }
-    }
+/// Committed offsets of the partitions this extractor holds.
+#[derive(Debug, Default)]
+struct Held {
+    events: LastOffsets,
+    dead_letters: LastOffsets,
 }
 
-impl Ctx {
-    fn revoke(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &TopicPartitionList) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                for e in tpl.elements_for_topic(&self.topic) {
-                    let p = e.partition();
-                    state.next.remove(&p);
-                    state.committed.remove(&p);
-                    state.dl_committed.remove(&p);
-                    state.revoked.insert(p);
-                }
-                let _ = consumer.unassign();
-            }
-            other => state.error = Some(format!("rebalance failed: {other:?}")),
-        }
+impl Held {
+    fn take(&mut self, r: &Resumed<Committed>) {
+        self.events.insert(r.partition, r.state.events);
+        self.dead_letters.insert(r.partition, r.state.dead_letters);
+    }
+
+    fn drop_partition(&mut self, p: i32) {
+        self.events.remove(&p);
+        self.dead_letters.remove(&p);
     }
 }
 
@@ -240,283 +186,254 @@ pub async fn extract(stage: &Stage, config: &KafkaSourceConfig) -> Result<Extrac
         EventKind::Purchases => Table::Purchases,
         EventKind::Interactions => Table::Interactions,
     };
-    let ctx = Ctx {
-        metrics: config.metrics.clone(),
+    let offsets = StageOffsets {
         stage: stage.clone(),
         table,
         topic: config.topic.clone(),
         runtime: tokio::runtime::Handle::current(),
-        state: Mutex::new(Assignment::default()),
     };
-    let mut client = config.client.clone();
-    client
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set("statistics.interval.ms", "1000")
-        .set("fetch.message.max.bytes", "8388608");
-    let kafka_err = |source| Error::Kafka {
+    let metrics = config.metrics.clone();
+    let options = ConsumerOptions {
+        client: config.client.clone(),
         topic: config.topic.clone(),
-        source,
+        group_id: config.group_id.clone(),
+        group: config.group,
+        fetch_wait: None,
+        stop: config.stop.clone(),
+        lag: Arc::new(move |p, lag| metrics.set_lag(p, lag)),
     };
-    let consumer: BaseConsumer<Ctx> = client.create_with_context(ctx).map_err(kafka_err)?;
-    if config.group {
-        consumer.subscribe(&[&config.topic]).map_err(kafka_err)?;
-    } else {
-        // Every partition, positioned from the stage: no group coordination to wait for.
-        let md = consumer
-            .fetch_metadata(Some(&config.topic), Duration::from_secs(30))
-            .map_err(kafka_err)?;
-        let mut tpl = TopicPartitionList::new();
-        for t in md.topics() {
-            if let Some(e) = t.error() {
-                return Err(Error::Kafka {
-                    topic: config.topic.clone(),
-                    source: KafkaError::MetadataFetch(e.into()),
-                });
-            }
-            for p in t.partitions() {
-                tpl.add_partition(&config.topic, p.id());
-            }
-        }
-        let ctx = consumer.context();
-        tokio::task::block_in_place(|| ctx.assign(&consumer, &mut tpl));
-    }
     let config = config.clone();
     let stage = stage.clone();
     // librdkafka's poll blocks: the loop runs on a blocking thread and reaches Delta
     // through the runtime handle.
-    tokio::task::spawn_blocking(move || run(consumer, &stage, table, &config))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        let consumer = KafkaConsumer::start(&options, offsets)?;
+        run(consumer, &stage, table, &config)
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// The extractor's loop state.
+struct Extractor<'a> {
+    consumer: KafkaConsumer<StageOffsets>,
+    stage: &'a Stage,
+    table: Table,
+    config: &'a KafkaSourceConfig,
+    handle: deltalake::DeltaTable,
+    dl_handle: deltalake::DeltaTable,
+    held: Held,
+    buf: Buffer,
+    stats: ExtractStats,
 }
 
 fn run(
-    consumer: BaseConsumer<Ctx>,
+    consumer: KafkaConsumer<StageOffsets>,
     stage: &Stage,
     table: Table,
     config: &KafkaSourceConfig,
 ) -> Result<ExtractStats> {
-    let runtime = consumer.context().runtime.clone();
-    let mut handle = runtime.block_on(stage.open(table))?;
-    let mut dl_handle = runtime.block_on(stage.open(Table::DeadLetters))?;
-    let mut stats = ExtractStats::default();
-    let mut buf = Buffer {
-        events: EventRows::new(config.kind, config.timezone),
-        dead: DeadLetterRows::new(config.timezone),
-        last: BTreeMap::new(),
-        dl_last: BTreeMap::new(),
-        since: Instant::now(),
+    let runtime = consumer.resumer().runtime.clone();
+    let mut x = Extractor {
+        handle: runtime.block_on(stage.open(table))?,
+        dl_handle: runtime.block_on(stage.open(Table::DeadLetters))?,
+        consumer,
+        stage,
+        table,
+        config,
+        held: Held::default(),
+        buf: Buffer {
+            events: EventRows::new(config.kind, config.timezone),
+            dead: DeadLetterRows::new(config.timezone),
+            last: BTreeMap::new(),
+            dl_last: BTreeMap::new(),
+            since: Instant::now(),
+        },
+        stats: ExtractStats::default(),
     };
-    let mut eof: BTreeSet<i32> = BTreeSet::new();
-    let mut last_data = Instant::now();
     let mut now = Utc::now();
     let mut tick = Instant::now();
     let mut records_since_clock: u32 = 0;
     loop {
-        let polled = consumer.poll(Duration::from_millis(100));
+        let Polled {
+            revoked,
+            assigned,
+            record,
+        } = x.consumer.poll(Duration::from_millis(100))?;
         // The clocks are read on every turn that brought no record, and every few records
-        // while records stream (a turn is one record then): `ingested_at` and the flush and
-        // idle deadlines need milliseconds, not a clock read per record.
-        let record = matches!(polled, Some(Ok(_)));
-        records_since_clock = if record { records_since_clock + 1 } else { 0 };
-        if !record || records_since_clock >= CLOCK_EVERY_RECORDS {
+        // while records stream (a turn is one record then): `ingested_at` and the flush
+        // deadline need milliseconds, not a clock read per record.
+        records_since_clock = if record.is_some() {
+            records_since_clock + 1
+        } else {
+            0
+        };
+        if record.is_none() || records_since_clock >= CLOCK_EVERY_RECORDS {
             records_since_clock = 0;
             now = Utc::now();
             tick = Instant::now();
             config.metrics.heartbeat(now);
         }
-        let mut staged_one = false;
-        {
-            let mut state = consumer
-                .context()
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = state.error.take() {
-                return Err(Error::Internal(e));
-            }
-            let mut needs_resync = false;
-            if !state.revoked.is_empty() {
-                // Buffered rows of revoked partitions belong to their next owner now.
-                let revoked = std::mem::take(&mut state.revoked);
-                if revoked.iter().any(|p| buf.last.contains_key(p)) {
-                    tracing::warn!(
-                        ?revoked,
-                        "partitions revoked with unflushed rows; dropping the buffer"
-                    );
-                    // The buffer mixes partitions: drop all of it and re-read the
-                    // partitions still assigned from the stage's offsets.
-                    needs_resync = true;
-                }
-                eof.retain(|p| !revoked.contains(p));
-            }
-            if needs_resync {
-                drop(state);
-                resync(&consumer, &mut buf, config)?;
-                continue;
-            }
-            match polled {
-                Some(Ok(m)) => {
-                    let p = m.partition();
-                    let offset = m.offset();
-                    let assigned = state.committed.contains_key(&p);
-                    let seen = state.next.get(&p).is_some_and(|next| offset < *next);
-                    if assigned && !seen {
-                        eof.remove(&p);
-                        state.next.insert(p, offset + 1);
-                        stats.read += 1;
-                        config.metrics.consumed.inc();
-                        let pos = Position {
-                            topic: &config.topic,
-                            partition: p,
-                            offset,
-                        };
-                        let payload = m.payload().unwrap_or_default();
-                        if let Err(why) = buf.events.push(payload, pos, now) {
-                            let dl_done = state.dl_committed.get(&p).copied().flatten();
-                            if dl_done.is_none_or(|d| offset > d) {
-                                buf.dead.push(payload, pos, &why, now);
-                                buf.dl_last.insert(p, offset);
-                            }
-                        }
-                        buf.last.insert(p, offset);
-                        last_data = tick;
-                        staged_one = true;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    eof.insert(p);
-                }
-                Some(Err(e)) => tracing::warn!(topic = %config.topic, error = %e, "consumer error"),
-                None => {}
-            }
+        // Buffered rows of revoked partitions belong to their next owner now. The buffer
+        // mixes partitions: all of it is dropped and the partitions still held are read
+        // again from the stage's offsets.
+        let resync = revoked.iter().any(|p| x.buf.last.contains_key(p));
+        for p in &revoked {
+            x.held.drop_partition(*p);
         }
-        let due = buf.rows() >= config.flush_max_rows
-            || (!buf.last.is_empty()
-                && tick.saturating_duration_since(buf.since) >= config.flush_interval);
+        for r in &assigned {
+            x.held.take(r);
+        }
+        if resync {
+            tracing::warn!(
+                ?revoked,
+                "partitions revoked with unflushed rows; dropping the buffer"
+            );
+            drop(record);
+            x.resync()?;
+            continue;
+        }
+        let staged_one = record.is_some();
+        if let Some(m) = record {
+            let p = m.partition();
+            let offset = m.offset();
+            x.stats.read += 1;
+            config.metrics.consumed.inc();
+            let pos = Position {
+                topic: &config.topic,
+                partition: p,
+                offset,
+            };
+            let payload = m.payload();
+            if let Err(why) = x.buf.events.push(payload, pos, now) {
+                let dl_done = x.held.dead_letters.get(&p).copied().flatten();
+                if dl_done.is_none_or(|d| offset > d) {
+                    x.buf.dead.push(payload, pos, &why, now);
+                    x.buf.dl_last.insert(p, offset);
+                }
+            }
+            x.buf.last.insert(p, offset);
+        }
+        let due = x.buf.rows() >= config.flush_max_rows
+            || (!x.buf.last.is_empty()
+                && tick.saturating_duration_since(x.buf.since) >= config.flush_interval);
         // A partition that just gave a record is not at its end.
-        let caught_up = !staged_one && {
-            let state = consumer
-                .context()
-                .state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            !state.committed.is_empty()
-                && state.committed.keys().all(|p| eof.contains(p))
-                && config
-                    .until_end_idle
-                    .is_some_and(|idle| tick.saturating_duration_since(last_data) >= idle)
-        };
-        if due || (caught_up && !buf.last.is_empty()) {
-            flush_or_resync(
-                &consumer,
-                stage,
-                table,
-                &mut handle,
-                &mut dl_handle,
-                &mut buf,
-                &mut stats,
-                config,
-            )?;
-        }
+        let caught_up = !staged_one
+            && config
+                .until_end_idle
+                .is_some_and(|idle| x.consumer.caught_up(idle));
         let stopping = config.stop.load(Ordering::Relaxed);
-        if stopping && !buf.last.is_empty() {
-            flush_or_resync(
-                &consumer,
-                stage,
-                table,
-                &mut handle,
-                &mut dl_handle,
-                &mut buf,
-                &mut stats,
-                config,
-            )?;
+        if (due || caught_up || stopping) && !x.buf.last.is_empty() {
+            x.flush_or_resync()?;
         }
         if stopping {
             tracing::info!(topic = %config.topic, "stop requested; buffered rows committed");
             break;
         }
-        if caught_up && buf.last.is_empty() {
+        if caught_up && x.buf.last.is_empty() {
             break;
         }
     }
+    let stats = x.stats;
     tracing::info!(topic = %config.topic, read = stats.read, staged = stats.staged, dead_lettered = stats.dead_lettered, commits = stats.commits, "caught up");
     Ok(stats)
 }
 
-/// Flushes; when another writer moved this extractor's partitions meanwhile (a group
-/// rebalance this member has not seen yet), drops the buffer and re-reads each partition
-/// from the stage's offsets instead of failing: the other writer's commit stands, nothing
-/// is staged twice.
-#[allow(clippy::too_many_arguments)]
-fn flush_or_resync(
-    consumer: &BaseConsumer<Ctx>,
-    stage: &Stage,
-    table: Table,
-    handle: &mut deltalake::DeltaTable,
-    dl_handle: &mut deltalake::DeltaTable,
-    buf: &mut Buffer,
-    stats: &mut ExtractStats,
-    config: &KafkaSourceConfig,
-) -> Result<()> {
-    match flush(
-        consumer, stage, table, handle, dl_handle, buf, stats, config,
-    ) {
-        Err(Error::Stage(e @ lakeshop_stage::Error::OffsetsMoved { .. })) => {
-            tracing::warn!(error = %e, "offsets moved under this extractor; re-reading from the stage");
-            resync(consumer, buf, config)
+impl Extractor<'_> {
+    /// Flushes; when another writer moved this extractor's partitions meanwhile (a group
+    /// rebalance this member has not seen yet), drops the buffer and re-reads each partition
+    /// from the stage's offsets instead of failing: the other writer's commit stands, nothing
+    /// is staged twice.
+    fn flush_or_resync(&mut self) -> Result<()> {
+        match self.flush() {
+            Err(Error::Stage(e @ lakeshop_stage::Error::OffsetsMoved { .. })) => {
+                tracing::warn!(error = %e, "offsets moved under this extractor; re-reading from the stage");
+                self.resync()
+            }
+            Err(Error::Stage(e)) if e.is_retryable() => {
+                tracing::warn!(error = %e, "commit lost a race; re-reading from the stage");
+                self.resync()
+            }
+            other => other,
         }
-        Err(Error::Stage(e)) if e.is_retryable() => {
-            tracing::warn!(error = %e, "commit lost a race; re-reading from the stage");
-            resync(consumer, buf, config)
-        }
-        other => other,
     }
-}
 
-/// Drops the buffer and positions every assigned partition at the stage's offsets.
-fn resync(
-    consumer: &BaseConsumer<Ctx>,
-    buf: &mut Buffer,
-    config: &KafkaSourceConfig,
-) -> Result<()> {
-    buf.events.finish()?;
-    buf.dead.finish()?;
-    buf.last.clear();
-    buf.dl_last.clear();
-    buf.since = Instant::now();
-    let ctx = consumer.context();
-    let partitions: Vec<i32> = {
-        let s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.committed.keys().copied().collect()
-    };
-    let (committed, dl) = ctx.load(&partitions)?;
-    let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-    for p in &partitions {
-        let offset = match committed[p] {
-            Some(last) => {
-                s.next.insert(*p, last + 1);
-                Offset::Offset((last + 1 - RESUME_REWIND).max(0))
-            }
-            None => {
-                s.next.remove(p);
-                Offset::Beginning
-            }
-        };
-        // Reading on from where the consumer is would skip what the dropped buffer held.
-        consumer
-            .seek(&config.topic, *p, offset, Duration::from_secs(10))
-            .map_err(|source| Error::Kafka {
-                topic: config.topic.clone(),
-                source,
-            })?;
+    /// Drops the buffer and positions every held partition at the stage's offsets.
+    fn resync(&mut self) -> Result<()> {
+        let buf = &mut self.buf;
+        buf.events.finish()?;
+        buf.dead.finish()?;
+        buf.last.clear();
+        buf.dl_last.clear();
+        buf.since = Instant::now();
+        let partitions: Vec<i32> = self.consumer.partitions().collect();
+        let (events, dead_letters) = self.consumer.resumer().load(&partitions)?;
+        for p in &partitions {
+            // Reading on from where the consumer is would skip what the dropped buffer held.
+            self.consumer.seek(*p, events[p].map(|last| last + 1))?;
+        }
+        self.held.events.extend(events);
+        self.held.dead_letters.extend(dead_letters);
+        Ok(())
     }
-    s.committed.extend(committed);
-    s.dl_committed.extend(dl);
-    Ok(())
+
+    fn flush(&mut self) -> Result<()> {
+        let config = self.config;
+        let topic = config.topic.as_str();
+        let runtime = self.consumer.resumer().runtime.clone();
+        let buf = &mut self.buf;
+        let started = Instant::now();
+        // Dead letters first, with their own offsets: if the event commit below never
+        // happens, the restart re-reads these records and skips the dead letters already
+        // written.
+        if !buf.dead.is_empty() {
+            let batch = buf.dead.finish()?;
+            let n = batch.num_rows() as u64;
+            let offsets = offset_commits(topic, &buf.dl_last, &self.held.dead_letters);
+            runtime.block_on(self.stage.append(
+                Table::DeadLetters,
+                &mut self.dl_handle,
+                vec![batch],
+                &offsets,
+            ))?;
+            for o in &offsets {
+                self.held.dead_letters.insert(o.partition, Some(o.last));
+            }
+            self.stats.dead_lettered += n;
+            config.metrics.dead_lettered.inc_by(n);
+        }
+        let batch = buf.events.finish()?;
+        let n = batch.num_rows() as u64;
+        let offsets = offset_commits(topic, &buf.last, &self.held.events);
+        let version = runtime.block_on(self.stage.append(
+            self.table,
+            &mut self.handle,
+            vec![batch],
+            &offsets,
+        ))?;
+        for o in &offsets {
+            self.held.events.insert(o.partition, Some(o.last));
+        }
+        self.stats.staged += n;
+        self.stats.commits += 1;
+        config.metrics.staged.inc_by(n);
+        config.metrics.commits.inc();
+        config
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            table = self.table.name(),
+            version,
+            rows = n,
+            ms = started.elapsed().as_millis() as u64,
+            "committed"
+        );
+        buf.last.clear();
+        buf.dl_last.clear();
+        buf.since = Instant::now();
+        Ok(())
+    }
 }
 
 /// What one commit moves: the last buffered offset of each partition, and the offset the
@@ -534,70 +451,4 @@ fn offset_commits(
             last: *last,
         })
         .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn flush(
-    consumer: &BaseConsumer<Ctx>,
-    stage: &Stage,
-    table: Table,
-    handle: &mut deltalake::DeltaTable,
-    dl_handle: &mut deltalake::DeltaTable,
-    buf: &mut Buffer,
-    stats: &mut ExtractStats,
-    config: &KafkaSourceConfig,
-) -> Result<()> {
-    let topic = config.topic.as_str();
-    let ctx = consumer.context();
-    let (committed, dl_committed) = {
-        let s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        (s.committed.clone(), s.dl_committed.clone())
-    };
-    let started = Instant::now();
-    // Dead letters first, with their own offsets: if the event commit below never happens,
-    // the restart re-reads these records and skips the dead letters already written.
-    if !buf.dead.is_empty() {
-        let batch = buf.dead.finish()?;
-        let n = batch.num_rows() as u64;
-        let offsets = offset_commits(topic, &buf.dl_last, &dl_committed);
-        ctx.runtime
-            .block_on(stage.append(Table::DeadLetters, dl_handle, vec![batch], &offsets))?;
-        let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        for o in &offsets {
-            s.dl_committed.insert(o.partition, Some(o.last));
-        }
-        stats.dead_lettered += n;
-        config.metrics.dead_lettered.inc_by(n);
-    }
-    let batch = buf.events.finish()?;
-    let n = batch.num_rows() as u64;
-    let offsets = offset_commits(topic, &buf.last, &committed);
-    let version = ctx
-        .runtime
-        .block_on(stage.append(table, handle, vec![batch], &offsets))?;
-    {
-        let mut s = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
-        for o in &offsets {
-            s.committed.insert(o.partition, Some(o.last));
-        }
-    }
-    stats.staged += n;
-    stats.commits += 1;
-    config.metrics.staged.inc_by(n);
-    config.metrics.commits.inc();
-    config
-        .metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
-    tracing::debug!(
-        table = table.name(),
-        version,
-        rows = n,
-        ms = started.elapsed().as_millis() as u64,
-        "committed"
-    );
-    buf.last.clear();
-    buf.dl_last.clear();
-    buf.since = Instant::now();
-    Ok(())
 }
