@@ -20,8 +20,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The routes `/metrics` and `/healthz`, for [`serve`] or to merge into a larger app.
-pub fn router(registry: Registry, health: Health) -> Router {
+/// The routes `/metrics` (with the process's CPU seconds and resident memory added to
+/// `registry`) and `/healthz`, for [`serve`] or to merge into a larger app.
+pub fn router(mut registry: Registry, health: Health) -> Router {
+    registry.register_collector(Box::new(crate::process::ProcessCollector));
     let registry = Arc::new(registry);
     Router::new()
         .route("/metrics", get(move || metrics(registry.clone())))

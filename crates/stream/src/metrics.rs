@@ -1,5 +1,6 @@
 //! Metrics of a running loader in the Prometheus model (`lakeshop_stream_*`, served on
-//! `/metrics` by `stream run`), and the process's own CPU seconds and resident memory.
+//! `/metrics` by `stream run` beside the process's CPU seconds and resident memory, which
+//! the metrics server adds for every command).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// Labels of the per-partition gauges.
@@ -46,10 +47,6 @@ pub struct StreamMetrics {
     pub flush_errors: Counter,
     /// 1 while reading is paused because the unacknowledged buffer is full.
     pub backpressure: Gauge,
-    /// Process CPU seconds (user + system), in milliseconds, updated by the loop.
-    cpu_ms: Arc<AtomicU64>,
-    /// Process resident memory in bytes, updated by the loop.
-    pub resident_bytes: Gauge,
     /// Unix seconds of the loop's last turn (for `/healthz`).
     heartbeat: Arc<AtomicI64>,
     /// Unix seconds of the last acknowledged flush or of the start (for `/healthz`).
@@ -75,14 +72,12 @@ impl StreamMetrics {
             ]),
             flush_errors: Counter::default(),
             backpressure: Gauge::default(),
-            cpu_ms: Arc::new(AtomicU64::new(0)),
-            resident_bytes: Gauge::default(),
             heartbeat: Arc::new(AtomicI64::new(now)),
             last_ack: Arc::new(AtomicI64::new(now)),
         }
     }
 
-    /// Adds these metrics to `registry`: `lakeshop_stream_*` and `process_*`.
+    /// Adds these metrics to `registry` under the `lakeshop_stream_` prefix.
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("lakeshop_stream");
         r.register(
@@ -130,17 +125,6 @@ impl StreamMetrics {
             "1 while reading is paused: the unacknowledged buffer is full",
             self.backpressure.clone(),
         );
-        let cpu = CpuSeconds(self.cpu_ms.clone());
-        registry.register(
-            "process_cpu_seconds",
-            "Process CPU seconds, user and system",
-            cpu,
-        );
-        registry.register(
-            "process_resident_memory_bytes",
-            "Process resident memory",
-            self.resident_bytes.clone(),
-        );
     }
 
     pub(crate) fn set_lag(&self, partition: i32, lag: i64) {
@@ -160,14 +144,10 @@ impl StreamMetrics {
             .inc();
     }
 
-    /// Marks the loop as turning now and reads the process's CPU and memory.
+    /// Marks the loop as turning now.
     pub(crate) fn heartbeat(&self) {
         self.heartbeat
             .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
-        if let Some((cpu_ms, rss)) = process_usage() {
-            self.cpu_ms.store(cpu_ms, Ordering::Relaxed);
-            self.resident_bytes.set(rss);
-        }
     }
 
     pub(crate) fn acked(&self) {
@@ -184,32 +164,4 @@ impl StreamMetrics {
     pub fn seconds_since_ack(&self) -> i64 {
         chrono::Utc::now().timestamp() - self.last_ack.load(Ordering::Relaxed)
     }
-}
-
-/// A counter read from the process's own accounting.
-#[derive(Debug, Clone)]
-struct CpuSeconds(Arc<AtomicU64>);
-
-impl prometheus_client::encoding::EncodeMetric for CpuSeconds {
-    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
-        let secs = self.0.load(Ordering::Relaxed) as f64 / 1000.0;
-        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, f64, u64>(&secs, None)
-    }
-
-    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
-        prometheus_client::metrics::MetricType::Counter
-    }
-}
-
-/// (CPU milliseconds, resident bytes) of this process, from `/proc/self/stat` (Linux).
-fn process_usage() -> Option<(u64, i64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(0) ... utime(11) stime(12) ... rss(21), in pages / ticks.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let rss: i64 = fields.get(21)?.parse().ok()?;
-    // Linux reports ticks of USER_HZ (100 on every mainstream build) and 4 KiB pages.
-    Some(((utime + stime) * 10, rss * 4096))
 }
