@@ -8,8 +8,8 @@ re-keys them through a repartition topic; the windows live in RocksDB state with
 topic (Quix's defaults); the event time is the payload's `timestamp`; the grace period is
 lakeshop's default allowed lateness (5 minutes). Windows are emitted on every update
 (`.current()`), and the script counts the updates: it stops once every record went through
-a window (N on the command line), or when nothing arrived for IDLE seconds. Records that are
-not valid JSON purchases are skipped before the re-key.
+a window (N on the command line), or when nothing arrived for IDLE seconds. The bench topic
+holds valid purchases only (Quix's JSON deserializer fails on a record that is not JSON).
 
 The local broker (tansu) answers DescribeConfigs with no configs, while Quix 3.x reads every
 topic's config from the broker (not from `app.topic(config=...)`, which only applies when Quix

@@ -478,8 +478,8 @@ fn main() -> ExitCode {
 /// lakeshop as results anyway.
 const DEFAULT_LOG: &str = "warn,lakeshop=info,lakeshop_model=info,lakeshop_stage=info,\
 lakeshop_sources=info,lakeshop_clickhouse=info,lakeshop_batch=info,lakeshop_stream=info,\
-lakeshop_api=info,lakeshop_gen=info,buoyant_kernel=off,deltalake_core::writer::stats=error,\
-deltalake_core::operations::merge=error";
+lakeshop_api=info,lakeshop_gen=info,lakeshop_service=info,buoyant_kernel=off,\
+deltalake_core::writer::stats=error,deltalake_core::operations::merge=error";
 
 fn init_tracing(format: LogFormat) {
     let filter = std::env::var("RUST_LOG")
