@@ -33,7 +33,7 @@ impl Resume for Positions {
         {
             return Err("store not answering".into());
         }
-        let next = self.next.lock().unwrap();
+        let next = self.next.lock().map_err(|e| e.to_string())?;
         Ok(partitions
             .iter()
             .map(|p| Resumed {
@@ -59,11 +59,14 @@ fn options(topic: &str, stop: Arc<AtomicBool>) -> ConsumerOptions {
     }
 }
 
-/// Polls until caught up: (partition, offset, payload) in the order handed over, and the
-/// partitions assigned with their states.
-fn drain(
-    consumer: &mut KafkaConsumer<Positions>,
-) -> Result<(Vec<(i32, i64, String)>, Vec<(i32, &'static str)>)> {
+/// (partition, offset, payload) of a record handed over.
+type Got = (i32, i64, String);
+/// The records handed over, and the partitions assigned with their states.
+type Drained = (Vec<Got>, Vec<(i32, &'static str)>);
+
+/// Polls until caught up: the records in the order handed over, and the partitions assigned
+/// with their states.
+fn drain(consumer: &mut KafkaConsumer<Positions>) -> Result<Drained> {
     let mut records = Vec::new();
     let mut assigned = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -87,7 +90,7 @@ fn drain(
     Ok((records, assigned))
 }
 
-fn expected(partition: i32, offsets: std::ops::Range<i64>) -> Vec<(i32, i64, String)> {
+fn expected(partition: i32, offsets: std::ops::Range<i64>) -> Vec<Got> {
     offsets
         .map(|o| (partition, o, format!("p{partition}-{o}")))
         .collect()
@@ -121,9 +124,8 @@ async fn partitions_are_handed_over_from_their_positions_once_and_in_order() -> 
         let mut assigned_sorted = assigned.clone();
         assigned_sorted.sort();
         assert_eq!(assigned_sorted, vec![(0, "restored"), (1, "restored")]);
-        let by_partition = |p: i32| -> Vec<(i32, i64, String)> {
-            got.iter().filter(|r| r.0 == p).cloned().collect()
-        };
+        let by_partition =
+            |p: i32| -> Vec<Got> { got.iter().filter(|r| r.0 == p).cloned().collect() };
         assert_eq!(by_partition(0), expected(0, 12..30), "partition 0 from 12");
         assert_eq!(
             by_partition(1),
