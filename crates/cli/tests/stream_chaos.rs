@@ -481,6 +481,20 @@ async fn two_loaders_in_one_group_one_killed_count_every_purchase_once() -> Resu
     let chaos = Chaos::new(4).await?;
     let mut gen = chaos.generator(4000, 40)?;
     let mut stayer = chaos.loader("stayer", &["--group"])?;
+    // The stayer owns every partition before the other member first joins, so the other's
+    // arrival has to take partitions from it (proof that they move between the two).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !assignments(&chaos.log("stayer"))
+        .iter()
+        .any(|s| s.len() == 4)
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stayer never owned every partition:\n{}",
+            chaos.log_events("stayer")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut rng = rand::rng();
     let mut kills = 0;
     while gen.try_wait()?.is_none() || kills < 3 {
