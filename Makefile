@@ -48,7 +48,7 @@ demo: up build ## Bring up the stack and run the pipeline on generated data
 	$(RUN) $(LAKESHOP) report daily --from $$(date -u -d '3 days ago' +%F) --to $$(date -u -d yesterday +%F)
 
 test: up ## Bring up the stack and run every test against it
-	@infra/deps.sh build
+	@infra/deps.sh test
 	$(RUN) cargo test --workspace --no-fail-fast
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)

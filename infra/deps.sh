@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lakeshop workspace needs to build and the local stack needs to
 # run, but only those that are missing (checked with dpkg -s; nothing is downloaded when all are
-# there). Usage: infra/deps.sh [build|stack|bench|all]   (default: all)
+# there). Usage: infra/deps.sh [build|stack|test|bench|all]   (default: all)
 #   build  compilers' friends for the Rust workspace's -sys crates
 #   stack  what infra/up.sh runs: ClickHouse 18.16 from Debian, PostgreSQL client, venv, curl
+#   test   build packages plus what tests drive: curl, headless Chromium (the live page)
 #   bench  build packages plus GNU time (CPU seconds and peak RSS in `make bench`)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -12,6 +13,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BUILD_PKGS=(build-essential cmake pkg-config libssl-dev libsasl2-dev libcurl4-openssl-dev zlib1g-dev
   protobuf-compiler)
 STACK_PKGS=(ca-certificates curl procps python3-venv clickhouse-server clickhouse-client)
+# Tests: the end-to-end API test talks HTTP with curl and renders the live page in Chromium.
+TEST_PKGS=(curl chromium)
 # Benchmarks: GNU time for CPU seconds and peak RSS of each process measured.
 BENCH_PKGS=(time)
 # Any PostgreSQL client version will do (the machine's cluster brings its own).
@@ -21,9 +24,10 @@ what="${1:-all}"
 case "$what" in
   build) wanted=("${BUILD_PKGS[@]}") ;;
   stack) wanted=("${STACK_PKGS[@]}") ;;
+  test) wanted=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}") ;;
   bench) wanted=("${BUILD_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
-  all) wanted=("${BUILD_PKGS[@]}" "${STACK_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
-  *) die "usage: $0 [build|stack|bench|all]" ;;
+  all) wanted=("${BUILD_PKGS[@]}" "${STACK_PKGS[@]}" "${TEST_PKGS[@]}" "${BENCH_PKGS[@]}") ;;
+  *) die "usage: $0 [build|stack|test|bench|all]" ;;
 esac
 
 missing=()

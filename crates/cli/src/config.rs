@@ -40,6 +40,8 @@ pub struct Config {
     pub stream: StreamConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub api: lakeshop_api::ApiConfig,
 }
 
 fn one() -> u32 {
@@ -480,6 +482,8 @@ impl Config {
         if self.alerts.min_hourly_revenue.is_sign_negative() {
             bail!("alerts.min_hourly_revenue: must not be negative");
         }
+        self.api.check()?;
+        lakeshop_api::Tokens::from_config(&self.api)?;
         Ok(())
     }
 

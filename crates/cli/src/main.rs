@@ -20,6 +20,7 @@ mod analytics;
 mod config;
 mod extract;
 mod reconcile;
+mod serve;
 mod stage_cmd;
 mod stream;
 
@@ -58,9 +59,6 @@ fn tune_allocator() {
         }
     }
 }
-
-/// Exit code of commands that are part of the tree but not built yet.
-const EXIT_NOT_BUILT: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -414,9 +412,9 @@ struct StreamRunArgs {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Listen address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// Listen address [default: api.listen of the pipeline file, 127.0.0.1:8080].
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 /// The whole command tree with each command's purpose and example, for `--help`.
@@ -514,11 +512,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn not_built(what: &str) -> ExitCode {
-    eprintln!("lakeshop {what}: not built yet in this release");
-    ExitCode::from(EXIT_NOT_BUILT)
-}
-
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Validate { file } => {
@@ -551,7 +544,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stream::run(&Config::load(&cli.config)?, args).await
         }
         Command::Reconcile(args) => reconcile::run(&Config::load(&cli.config)?, args).await,
-        Command::Serve(_) => Ok(not_built("serve")),
+        Command::Serve(args) => serve::run(&Config::load(&cli.config)?, args).await,
     }
 }
 
