@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps up down status build test bench demo fmt check
+.PHONY: help deps up down status build test fuzz-api bench demo fmt check
 
 # Build cache outside the clone, shared by every clone and by CI (never relied on).
 CARGO_TARGET_DIR ?= $(HOME)/.cache/lakeshop/target
@@ -50,6 +50,10 @@ demo: up build ## Bring up the stack and run the pipeline on generated data
 test: up ## Bring up the stack and run every test against it
 	@infra/deps.sh test
 	$(RUN) cargo test --workspace --no-fail-fast
+
+fuzz-api: up ## Schemathesis against a running `lakeshop serve`, 500 examples per operation
+	@infra/deps.sh test
+	LAKESHOP_FUZZ_EXAMPLES=$${LAKESHOP_FUZZ_EXAMPLES:-500} $(RUN) cargo test --workspace -- schemathesis_finds_no_server_error
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Prints the path of a Python venv holding the benchmark baselines (bench/requirements.txt),
-# creating it on first use under the cache dir; the venv path changes with the pins.
+# or the requirements file given as the first argument (the API fuzzer's:
+# infra/fuzz-requirements.txt), creating it on first use under the cache dir; the venv path
+# changes with the pins. Usage: infra/bench-venv.sh [REQUIREMENTS]
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-req="$LAKESHOP_ROOT/bench/requirements.txt"
+req="${1:-$LAKESHOP_ROOT/bench/requirements.txt}"
 stamp="$(sha256sum "$req" | cut -c1-12)"
 venv="$CACHE_DIR/bench-venv-$stamp"
 if [[ ! -f "$venv/.lakeshop-installed" ]]; then

@@ -21,7 +21,7 @@ use crate::auth::Access;
 use crate::error::{ApiError, ErrorBody};
 use crate::AppState;
 
-/// The longest range a report or a series may ask for.
+/// The longest range a report may ask for.
 const MAX_RANGE_DAYS: i64 = 3660;
 
 /// Report names in URLs, as `lakeshop report` names them.
@@ -33,6 +33,33 @@ const REPORTS: [(&str, Report); 6] = [
     ("avg-check", Report::AvgCheck),
     ("top", Report::Top),
 ];
+
+/// The reports, as `lakeshop report` names them (documentation of the path parameter).
+#[derive(Debug, Clone, Copy, ToSchema)]
+#[schema(rename_all = "kebab-case")]
+#[allow(dead_code)] // documentation only: the path is matched against `REPORTS`
+pub enum ReportName {
+    Daily,
+    Products,
+    Categories,
+    Shops,
+    AvgCheck,
+    Top,
+}
+
+/// Days a ClickHouse `Date` holds on every supported version.
+fn day_in_range(d: NaiveDate) -> bool {
+    (FIRST_DAY..=LAST_DAY).contains(&d)
+}
+
+const FIRST_DAY: NaiveDate = match NaiveDate::from_ymd_opt(1970, 1, 1) {
+    Some(d) => d,
+    None => NaiveDate::MIN,
+};
+const LAST_DAY: NaiveDate = match NaiveDate::from_ymd_opt(2105, 12, 31) {
+    Some(d) => d,
+    None => NaiveDate::MAX,
+};
 
 /// Day range of a report.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -143,7 +170,7 @@ fn cell(kind: Kind, text: String) -> Result<Value, ApiError> {
     path = "/api/analytics/{report}",
     tag = "analytics",
     params(
-        ("report" = String, Path, description = "daily | products | categories | shops | avg-check | top"),
+        ("report" = ReportName, Path, description = "Which report"),
         RangeQuery,
     ),
     responses(
@@ -183,6 +210,12 @@ pub async fn report(
     if from > to {
         return Err(ApiError::invalid(
             format!("from {from} is after to {to}"),
+            Vec::new(),
+        ));
+    }
+    if !day_in_range(from) || !day_in_range(to) {
+        return Err(ApiError::invalid(
+            format!("days lie within {FIRST_DAY}..={LAST_DAY}"),
             Vec::new(),
         ));
     }
@@ -323,12 +356,11 @@ pub async fn series(
             Vec::new(),
         ));
     }
-    if (to - from).num_days() > MAX_RANGE_DAYS || from.timestamp() < 0 {
-        return Err(ApiError::invalid(
-            format!("the range must lie after 1970 and span at most {MAX_RANGE_DAYS} days"),
-            Vec::new(),
-        ));
-    }
+    // Windows exist only where a ClickHouse DateTime can say when they start: the range is
+    // cut to that, so a range outside it is answered with no rows.
+    let first = DateTime::<Utc>::UNIX_EPOCH;
+    let last = DateTime::<Utc>::from_timestamp(i64::from(u32::MAX), 0).unwrap_or(first);
+    let (from, to) = (from.clamp(first, last), to.clamp(first, last));
     // The key goes into the query only as a parsed UUID (or the literal `unknown`); a
     // category is matched here, after the query.
     let key_sql = match (dim, q.key.as_deref()) {
@@ -357,7 +389,7 @@ pub async fn series(
          GROUP BY window_start, key ORDER BY window_start, key",
         q.granularity.as_str(),
         dim.as_str(),
-        date_literal(from.date_naive() - Duration::days(1)),
+        date_literal((from.date_naive() - Duration::days(1)).max(FIRST_DAY)),
         date_literal(to.date_naive() + Duration::days(1)),
         from.timestamp(),
         to.timestamp(),

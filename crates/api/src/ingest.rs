@@ -55,16 +55,16 @@ pub fn producer_config(kafka: &rdkafka::ClientConfig, api: &ApiConfig) -> rdkafk
 #[allow(dead_code)] // documentation only: the body is read by the model's validator
 pub struct PurchaseIn {
     /// Unique id of the purchase; a re-send is counted once.
-    #[schema(format = Uuid)]
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     purchase_id: String,
     /// The buyer.
-    #[schema(format = Uuid)]
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     client_id: String,
     /// The product bought.
-    #[schema(format = Uuid)]
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     product_id: String,
     /// The shop; absent or null counts under `unknown`.
-    #[schema(format = Uuid)]
+    #[schema(format = Uuid, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
     seller_id: Option<String>,
     /// Items bought.
     #[schema(minimum = 1, maximum = 1000000)]

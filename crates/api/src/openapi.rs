@@ -5,7 +5,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::analytics::{Dim, Granularity, Table};
+use crate::analytics::{Dim, Granularity, ReportName, Table};
 use crate::error::{ErrorBody, FieldError};
 use crate::ingest::{PurchaseIn, PurchasesIn, Receipt};
 
@@ -30,7 +30,8 @@ use crate::ingest::{PurchaseIn, PurchasesIn, Receipt};
         FieldError,
         Table,
         Granularity,
-        Dim
+        Dim,
+        ReportName
     )),
     modifiers(&Bearer),
     tags(

@@ -20,7 +20,9 @@
 //!    librdkafka) is read back, and each record's latency is the time of the first answer
 //!    that showed it minus that timestamp: event produced → visible in a ClickHouse query,
 //!    per record, to within one poll. p50/p99 over the steady part (from 3 s after the first
-//!    record to the kill below).
+//!    record to the kill below). A bare consumer reads the same topic meanwhile (fetch wait
+//!    10 ms) and notes when each record reached it: that splits each latency into the
+//!    broker's part (produced -> delivered) and the loader's (delivered -> visible).
 //! 5. Recovery: at `LAKESHOP_BENCH_STREAM_KILL_AT` (default 15 s) the loader is SIGKILLed and
 //!    started again at once. At each poll the staleness is the age of the oldest produced
 //!    record not yet visible; recovery is the time from the kill to the first poll from
@@ -98,9 +100,12 @@ fn path_str(p: &Path) -> Result<&str> {
 /// CPU seconds (user + system) of the processes of one local service (its process group,
 /// as `make up` started it); `None` when `make up` did not start it.
 fn service_cpu(name: &str) -> Option<f64> {
+    // Empty means the default, as in infra/lib.sh (`.env.example` sets it empty).
     let state = std::env::var("LAKESHOP_STATE_DIR")
+        .ok()
+        .filter(|s| !s.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".local/state/lakeshop")
         });
     let pgid: i64 = std::fs::read_to_string(state.join("pids").join(format!("{name}.pid")))
@@ -564,9 +569,49 @@ fn poller(
     })
 }
 
+/// Per partition, (offset, ms since the epoch) of each record, in offset order.
+type PerPartition = Vec<Vec<(u64, f64)>>;
+
+/// The broker's own delivery, as a baseline: a bare consumer reading the topic from the start
+/// (fetch wait 10 ms) while `gen` produces, noting when each record reached it, until `stop`.
+/// Per partition, (offset, ms since the epoch) in offset order.
+fn witness(topic: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<PerPartition>> {
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", lakeshop_testkit::kafka_brokers())
+            .set("group.id", lakeshop_testkit::unique("bench_witness"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.min.bytes", "1")
+            .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut out = vec![Vec::new(); PARTITIONS as usize];
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(m)) => {
+                    let at = now_ms();
+                    if let Some(slot) = usize::try_from(m.partition())
+                        .ok()
+                        .and_then(|p| out.get_mut(p))
+                    {
+                        slot.push((u64::try_from(m.offset())?, at));
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => {}
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Every record of the topic as (offset, Kafka timestamp in ms), per partition, in offset
 /// order.
-fn timestamps(topic: &str) -> Result<Vec<Vec<(u64, f64)>>> {
+fn timestamps(topic: &str) -> Result<PerPartition> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", lakeshop_testkit::kafka_brokers())
         .set("group.id", lakeshop_testkit::unique("bench"))
@@ -690,6 +735,7 @@ async fn latency(dir: &Path, world: &World<'_>) -> Result<Value> {
     let log = dir.join("latency-loader.log");
     let stop = Arc::new(AtomicBool::new(false));
     let polls = poller(world.database.clone(), stop.clone());
+    let delivered = witness(world.topic.clone(), stop.clone());
     let mut loader = world.follow(&log)?;
     // Time for the loader to restore (nothing) and take its partitions.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -782,6 +828,9 @@ async fn latency(dir: &Path, world: &World<'_>) -> Result<Value> {
     let (polls, poll_errors) = polls
         .join()
         .map_err(|_| anyhow::anyhow!("the poller panicked"))??;
+    let delivered = delivered
+        .join()
+        .map_err(|_| anyhow::anyhow!("the witness consumer panicked"))??;
     let exit = terminate(&mut loader, Duration::from_secs(30)).await?;
 
     let first = records
@@ -794,6 +843,32 @@ async fn latency(dir: &Path, world: &World<'_>) -> Result<Value> {
         .filter(|(ts, _)| *ts >= first + 3000.0 && *ts < killed)
         .map(|l| l.1)
         .collect();
+    // The same steady records split at the broker's delivery to the witness: the broker's
+    // part (delivered - produced) and the loader's (visible - delivered).
+    let mut broker_part = Vec::new();
+    let mut loader_part = Vec::new();
+    for (p, recs) in records.iter().enumerate() {
+        let got: std::collections::HashMap<u64, f64> = delivered
+            .get(p)
+            .map(|d| d.iter().copied().collect())
+            .unwrap_or_default();
+        let mut i = 0;
+        for poll in &polls {
+            let v = poll.visible.get(p).copied().unwrap_or(0);
+            while let Some(&(offset, ts)) = recs.get(i) {
+                if offset >= v {
+                    break;
+                }
+                if let Some(at) = got.get(&offset) {
+                    if ts >= first + 3000.0 && ts < killed {
+                        broker_part.push(at - ts);
+                        loader_part.push(poll.at - at);
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
     // Staleness at each poll after the kill; recovered from the first poll after which it
     // stays under the goal.
     let after: Vec<(f64, f64)> = polls
@@ -825,6 +900,8 @@ async fn latency(dir: &Path, world: &World<'_>) -> Result<Value> {
         "records": produced,
         "gen_seconds": (gen_ended - gen_started) / 1000.0,
         "steady": summary(steady),
+        "steady_broker_part": summary(broker_part),
+        "steady_loader_part": summary(loader_part),
         "kill_at_seconds": (killed - first) / 1000.0,
         "recovery_seconds": recovery,
         "max_staleness_after_kill_ms": after.iter().map(|a| a.1).fold(0.0, f64::max),
@@ -948,6 +1025,14 @@ fn print(r: &Value) {
         f(&l["steady"]["p99_ms"]),
         f(&l["steady"]["max_ms"]),
         l["steady"]["records"],
+    );
+    println!(
+        "  of which the broker (produced -> delivered to a bare consumer): p50 {:.0} ms  p99 {:.0} ms; the loader (delivered -> visible): p50 {:.0} ms  p99 {:.0} ms ({} records)",
+        f(&l["steady_broker_part"]["p50_ms"]),
+        f(&l["steady_broker_part"]["p99_ms"]),
+        f(&l["steady_loader_part"]["p50_ms"]),
+        f(&l["steady_loader_part"]["p99_ms"]),
+        l["steady_loader_part"]["records"],
     );
     println!(
         "  SIGKILL at {:.1} s, restarted at once: staleness back under {LATENCY_GOAL_MS:.0} ms after {:.2} s (peak {:.0} ms); after that p99 {:.0} ms",

@@ -87,14 +87,77 @@ fn purchase(id: u128, at: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()> {
+/// A running `lakeshop serve` on a free port.
+struct Served {
+    child: std::process::Child,
+    base: String,
+    log: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Served {
+    /// Starts `serve` with `TOKEN` as its write token and waits for its address.
+    fn start(world: &World) -> Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(&world.pipeline)
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .env("E2E_WRITE_TOKENS", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        // The bound address from the log; the rest of the log is kept for failures.
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                lines.push(line);
+            }
+            lines
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .context("serve did not log its address")?;
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(addr) = v["fields"]["addr"].as_str() {
+                break format!("http://{addr}");
+            }
+        };
+        Ok(Self { child, base, log })
+    }
+
+    /// SIGTERM; checks it exits 0 and never logged the token; returns the log.
+    fn stop(mut self) -> Result<Vec<String>> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let status = self.child.wait()?;
+        let log = self.log.join().map_err(|_| anyhow::anyhow!("log reader"))?;
+        anyhow::ensure!(
+            status.success(),
+            "serve exited {status}: {}",
+            log.join("\n")
+        );
+        anyhow::ensure!(
+            !log.iter().any(|l| l.contains(TOKEN)),
+            "the token appears in the log"
+        );
+        Ok(log)
+    }
+}
+
+/// A world with a purchases topic, a migrated ClickHouse database, one seller and one
+/// product in the stage, and `[api]` reading its write token from `E2E_WRITE_TOKENS`.
+async fn api_world() -> Result<World> {
     let topic = lakeshop_testkit::unique("purchases");
     lakeshop_testkit::create_topic(&topic, 3).await?;
     let world = World::new(
         StageKind::Local,
         Setup {
-            purchases_topic: Some(topic.clone()),
+            purchases_topic: Some(topic),
             ..Setup::default()
         },
     )?;
@@ -105,36 +168,14 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
     let stage = world.stage();
     batch_support::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
     batch_support::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)]).await?;
+    Ok(world)
+}
 
-    let mut server = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
-        .arg("--config")
-        .arg(&world.pipeline)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .env("E2E_WRITE_TOKENS", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = server.stderr.take().context("stderr")?;
-    // The bound address from the log; the rest of the log is kept for failures.
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let log_reader = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line.clone());
-            lines.push(line);
-        }
-        lines
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let base = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .context("serve did not log its address")?;
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if let Some(addr) = v["fields"]["addr"].as_str() {
-            break format!("http://{addr}");
-        }
-    };
+#[tokio::test(flavor = "multi_thread")]
+async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()> {
+    let world = api_world().await?;
+    let server = Served::start(&world)?;
+    let base = server.base.clone();
 
     let (s, body) = http("GET", &format!("{base}/healthz"), None)?;
     assert_eq!(s, 200, "{body}");
@@ -227,20 +268,80 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 
-    let pid = server.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status()?;
-    let status = server.wait()?;
-    let log = log_reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("log reader"))?;
-    assert!(
-        status.success(),
-        "serve exited {status}: {}",
+    server.stop()?;
+    Ok(())
+}
+
+/// Schemathesis (`infra/fuzz-requirements.txt`) against the running server's own
+/// `/openapi.json`: every operation, examples and fuzzing, with the write token. It fails on
+/// a 5xx, a status or body the document does not declare, a response that breaks its schema,
+/// or an invalid request accepted. Its one opinion left out is that every request the
+/// schema allows must succeed: the API answers 400 to what the schema cannot express (a
+/// range whose start is after its end, a key that is not an id, a purchase from before
+/// 2000), and documents those 400s. `LAKESHOP_FUZZ_EXAMPLES` (default 25 per operation) sets
+/// how long; `make fuzz-api` runs it longer.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_error_and_no_spec_violation() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = Command::new(root.join("infra/bench-venv.sh"))
+        .arg(root.join("infra/fuzz-requirements.txt"))
+        .output()?;
+    anyhow::ensure!(
+        venv.status.success(),
+        "infra/bench-venv.sh: {}",
+        String::from_utf8_lossy(&venv.stderr)
+    );
+    let st = format!(
+        "{}/bin/schemathesis",
+        String::from_utf8(venv.stdout)?.trim()
+    );
+    let examples = std::env::var("LAKESHOP_FUZZ_EXAMPLES").unwrap_or_else(|_| "25".into());
+    let world = api_world().await?;
+    let server = Served::start(&world)?;
+    let report = world.dir.path().join("schemathesis");
+    let out = Command::new(&st)
+        .args([
+            "run",
+            &format!("{}/openapi.json", server.base),
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            &examples,
+            "--header",
+            &format!("Authorization: Bearer {TOKEN}"),
+            "--report",
+            "junit",
+            "--report-dir",
+        ])
+        .arg(&report)
+        // Its cache (.schemathesis/) goes to the test's temp dir, not the checkout.
+        .current_dir(world.dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .context("running schemathesis")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let log = server.stop()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
         log.join("\n")
     );
-    assert!(
-        !log.iter().any(|l| l.contains(TOKEN)),
-        "the token appears in the log"
-    );
+    // It really ran every operation: each is a test case of its JUnit report.
+    let junit = std::fs::read_dir(&report)?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".xml"))
+        .context("no JUnit report")?;
+    let junit = std::fs::read_to_string(junit.path())?;
+    for op in [
+        "POST /api/purchases",
+        "GET /api/analytics/{report}",
+        "GET /api/analytics/series",
+    ] {
+        assert!(junit.contains(op), "{op} in the JUnit report:\n{junit}");
+    }
+    assert!(text.contains("Tested: 3"), "{text}");
     Ok(())
 }
