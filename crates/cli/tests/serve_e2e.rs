@@ -87,20 +87,35 @@ fn purchase(id: u128, at: &str) -> String {
     )
 }
 
-/// A running `lakeshop serve` on a free port.
+/// A running long-running command (`serve`, `stream run`, `extract --follow`) on a free
+/// port.
 struct Served {
     child: std::process::Child,
     base: String,
-    log: std::thread::JoinHandle<Vec<String>>,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+/// A test that fails part way leaves no process behind.
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Served {
     /// Starts `serve` with `TOKEN` as its write token and waits for its address.
     fn start(world: &World) -> Result<Self> {
+        Self::command(world, &["serve", "--listen", "127.0.0.1:0"])
+    }
+
+    /// Starts `lakeshop ARGS` and waits for the first address it logs.
+    fn command(world: &World, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
             .arg("--config")
             .arg(&world.pipeline)
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(args)
             .env("E2E_WRITE_TOKENS", TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -120,13 +135,17 @@ impl Served {
         let base = loop {
             let line = rx
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .context("serve did not log its address")?;
+                .with_context(|| format!("lakeshop {args:?} did not log its address"))?;
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if let Some(addr) = v["fields"]["addr"].as_str() {
                 break format!("http://{addr}");
             }
         };
-        Ok(Self { child, base, log })
+        Ok(Self {
+            child,
+            base,
+            log: Some(log),
+        })
     }
 
     /// SIGTERM; checks it exits 0 and never logged the token; returns the log.
@@ -135,7 +154,12 @@ impl Served {
             .args(["-TERM", &self.child.id().to_string()])
             .status()?;
         let status = self.child.wait()?;
-        let log = self.log.join().map_err(|_| anyhow::anyhow!("log reader"))?;
+        let log = self
+            .log
+            .take()
+            .context("stopped twice")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("log reader"))?;
         anyhow::ensure!(
             status.success(),
             "serve exited {status}: {}",
@@ -343,5 +367,95 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() -> Result<()
         assert!(junit.contains(op), "{op} in the JUnit report:\n{junit}");
     }
     assert!(text.contains("Tested: 3"), "{text}");
+    Ok(())
+}
+
+/// The metric names a `/metrics` answer declares (`# TYPE name kind`).
+fn declared(base: &str) -> Result<std::collections::BTreeSet<String>> {
+    let (s, text) = http("GET", &format!("{base}/metrics"), None)?;
+    anyhow::ensure!(s == 200, "{base}/metrics: {s}");
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect())
+}
+
+/// Every query of the shipped Grafana dashboard (`infra/grafana/dashboards/lakeshop.json`)
+/// names a metric that `extract purchases --follow`, `stream run` or `serve` really exports
+/// (read from their live `/metrics`), and the dashboard shows each of the three.
+#[tokio::test(flavor = "multi_thread")]
+async fn grafana_dashboard_names_only_metrics_the_commands_export() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
+        root.join("infra/grafana/dashboards/lakeshop.json"),
+    )?)?;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(
+                t["expr"]
+                    .as_str()
+                    .context("a target without expr")?
+                    .to_string(),
+            );
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    // Metric names in the queries, as `# TYPE` declares them: without the sample suffixes.
+    let mut used = std::collections::BTreeSet::new();
+    for e in &exprs {
+        let names = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("lakeshop_") || w.starts_with("process_"));
+        for n in names {
+            let base = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .unwrap_or(n);
+            used.insert(base.to_string());
+        }
+    }
+
+    let world = api_world().await?;
+    let server = Served::start(&world)?;
+    let loader = Served::command(
+        &world,
+        &["stream", "run", "--metrics-listen", "127.0.0.1:0"],
+    )?;
+    let extractor = Served::command(
+        &world,
+        &[
+            "extract",
+            "purchases",
+            "--follow",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    )?;
+    let mut exported = std::collections::BTreeSet::new();
+    for (name, s) in [
+        ("serve", &server),
+        ("stream run", &loader),
+        ("extract --follow", &extractor),
+    ] {
+        let names = declared(&s.base)?;
+        assert!(
+            names
+                .iter()
+                .any(|n| used.contains(n) && n.starts_with("lakeshop_")),
+            "the dashboard shows nothing of {name}: {names:?}"
+        );
+        exported.extend(names);
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics nobody exports: {missing:?}"
+    );
+    for s in [server, loader, extractor] {
+        s.stop()?;
+    }
     Ok(())
 }
