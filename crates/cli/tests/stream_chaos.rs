@@ -358,24 +358,58 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
     let sent = counts["purchase_messages"].as_u64().context("messages")?;
     // The generator's producer retries a batch whose acknowledgement the broker restart cut
     // off, so the topic may hold a message twice (at least once without an idempotent
-    // producer). Such a copy is the same purchase re-sent: a duplicate to the loader.
-    let in_topic = lakeshop_testkit::read_topic(&chaos.topic, Duration::from_secs(2))?.len() as u64;
+    // producer). What the loader must report is therefore read off the topic itself: each
+    // record in partition order, validated by the model; a valid purchase id seen before
+    // with the same content is a duplicate, with other content a conflicting duplicate.
+    let mut records = lakeshop_testkit::read_topic(&chaos.topic, Duration::from_secs(2))?;
+    let in_topic = records.len() as u64;
     anyhow::ensure!(
         in_topic >= sent,
         "the topic holds {in_topic} messages, the generator sent {sent}"
     );
     let copies = in_topic - sent;
     eprintln!("messages sent: {sent}, in the topic: {in_topic} ({copies} producer retries)");
-    let mut want: BTreeMap<String, u64> = counts["bad_by_reason"]
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let now = chrono::Utc::now();
+    let mut first: std::collections::HashMap<uuid::Uuid, String> = Default::default();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &records {
+        let reason = match lakeshop_model::parse_purchase(&r.payload, now) {
+            Err(rejection) => rejection.reason.as_str(),
+            Ok(p) => match first.get(&p.purchase_id) {
+                None => {
+                    first.insert(p.purchase_id, p.to_json());
+                    continue;
+                }
+                Some(seen) if *seen == p.to_json() => "duplicate",
+                Some(_) => "conflicting_duplicate",
+            },
+        };
+        *want.entry(reason.to_string()).or_default() += 1;
+    }
+    // The generator's truth explains all but the copies: each reason holds at least what
+    // the truth says, and the copies make up the rest.
+    let mut truth_rejects: BTreeMap<String, u64> = counts["bad_by_reason"]
         .as_object()
         .context("bad_by_reason")?
         .iter()
         .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
         .collect();
-    let duplicates = counts["duplicates"].as_u64().unwrap_or(0) + copies;
-    if duplicates > 0 {
-        want.insert("duplicate".into(), duplicates);
+    let truth_duplicates = counts["duplicates"].as_u64().unwrap_or(0);
+    if truth_duplicates > 0 {
+        truth_rejects.insert("duplicate".into(), truth_duplicates);
     }
+    for (reason, n) in &truth_rejects {
+        assert!(
+            want.get(reason).copied().unwrap_or(0) >= *n,
+            "{reason}: the topic holds fewer than the truth's {n}"
+        );
+    }
+    assert_eq!(
+        want.values().sum::<u64>(),
+        truth_rejects.values().sum::<u64>() + copies,
+        "the topic's rejects are the truth's plus the producer's copies: {want:?} vs {truth_rejects:?}"
+    );
     assert_eq!(rejects, want, "rejected records by reason");
     let counted: u64 = day_total.values().map(|v| v.1).sum();
     assert_eq!(
