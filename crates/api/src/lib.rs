@@ -120,6 +120,11 @@ impl Api {
         self.state.metrics.register(registry);
     }
 
+    /// Whether any write token is configured (without one every write is refused).
+    pub fn writes_enabled(&self) -> bool {
+        self.state.tokens.writes_enabled()
+    }
+
     /// Whether reads need a token.
     pub fn reads_need_token(&self) -> bool {
         self.state.tokens.reads_need_token()

@@ -18,7 +18,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("--listen {:?}", api_config.listen))?;
     let ch = crate::analytics::clickhouse(config)?;
     let api = lakeshop_api::Api::new(
-        api_config.clone(),
+        api_config,
         lakeshop_api::ApiParts {
             kafka: config.kafka.client_config(),
             purchases_topic: config.kafka.topic("purchases"),
@@ -26,8 +26,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
             timezone: config.timezone()?,
         },
     )?;
-    let tokens = lakeshop_api::Tokens::from_config(&api_config)?;
-    if !tokens.writes_enabled() {
+    if !api.writes_enabled() {
         tracing::warn!(
             "no api.write_tokens (LAKESHOP_API_WRITE_TOKENS): every write is refused with 401"
         );
