@@ -27,8 +27,8 @@
 //!    started again at once. At each poll the staleness is the age of the oldest produced
 //!    record not yet visible; recovery is the time from the kill to the first poll from
 //!    which staleness stays under 500 ms.
-//! 6. Keys: a catalogue of `LAKESHOP_BENCH_STREAM_KEYS_PRODUCTS` (default 1M) products and
-//!    live purchases at `LAKESHOP_BENCH_STREAM_KEYS_RATE` (20k/s) for
+//! 6. Keys: a catalogue of `LAKESHOP_BENCH_STREAM_KEYS_PRODUCTS` (default 1M) products, each
+//!    equally likely (`gen --product-skew 0`), and live purchases at `LAKESHOP_BENCH_STREAM_KEYS_RATE` (20k/s) for
 //!    `LAKESHOP_BENCH_STREAM_KEYS_SECONDS` (120 s): ~2.4M purchases over 2-3 minutes of event
 //!    time give ~1.4M distinct (minute, product) windows, all open at once (they close 5
 //!    minutes after the watermark), plus the hour and day windows of ~0.9M products and the
@@ -302,6 +302,11 @@ impl<'a> World<'a> {
             path_str(&self.pipeline)?.to_string(),
         ];
         args.extend(self.dims.gen_args());
+        // The keys run draws products uniformly: as many distinct (window, product) keys as
+        // the purchases can make.
+        if self.name == "keys" {
+            args.extend(["--product-skew", "0"].map(String::from));
+        }
         args.extend(
             [
                 "--only",

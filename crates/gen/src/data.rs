@@ -203,7 +203,8 @@ impl World {
 /// Draws purchase events that look like a real shop's.
 pub struct PurchaseDraw<'w> {
     world: &'w World,
-    zipf: rand_distr::Zipf<f64>,
+    /// Product popularity: Zipf with the given exponent, or uniform when it is 0.
+    zipf: Option<rand_distr::Zipf<f64>>,
     hours: WeightedIndex<u32>,
 }
 
@@ -219,11 +220,12 @@ pub enum Unknown {
 }
 
 impl<'w> PurchaseDraw<'w> {
-    pub fn new(world: &'w World) -> Self {
+    /// Draws from `world`, products by popularity with Zipf exponent `skew` (0: uniform).
+    pub fn new(world: &'w World, skew: f64) -> Self {
         let n = world.products.len().max(1) as f64;
         Self {
             world,
-            zipf: rand_distr::Zipf::new(n, 1.1).expect("n >= 1 and s > 0"),
+            zipf: (skew > 0.0).then(|| rand_distr::Zipf::new(n, skew).expect("n >= 1 and s > 0")),
             hours: WeightedIndex::new(HOUR_WEIGHTS).expect("weights are positive"),
         }
     }
@@ -243,6 +245,15 @@ impl<'w> PurchaseDraw<'w> {
             .unwrap_or_else(|| Utc.from_utc_datetime(&local))
     }
 
+    /// A product's popularity rank.
+    fn rank(&self, rng: &mut impl Rng) -> usize {
+        let n = self.world.products.len();
+        match &self.zipf {
+            Some(z) => (z.sample(rng) as usize).saturating_sub(1).min(n - 1),
+            None => rng.random_range(0..n),
+        }
+    }
+
     /// A valid purchase of a catalogue product at `ts`.
     pub fn purchase(
         &self,
@@ -250,10 +261,7 @@ impl<'w> PurchaseDraw<'w> {
         ts: DateTime<Utc>,
         unknown: Option<Unknown>,
     ) -> Purchase {
-        let rank = (self.zipf.sample(rng) as usize)
-            .saturating_sub(1)
-            .min(self.world.products.len() - 1);
-        let product = &self.world.products[self.world.popularity()[rank]];
+        let product = &self.world.products[self.world.popularity()[self.rank(rng)]];
         let client = &self.world.clients[rng.random_range(0..self.world.clients.len())];
         let quantity = match rng.random_range(0..100) {
             0..60 => 1,
@@ -291,10 +299,7 @@ impl<'w> PurchaseDraw<'w> {
 
     /// An interaction event at `ts`.
     pub fn interaction(&self, rng: &mut impl Rng, ts: DateTime<Utc>) -> Interaction {
-        let rank = (self.zipf.sample(rng) as usize)
-            .saturating_sub(1)
-            .min(self.world.products.len() - 1);
-        let product = &self.world.products[self.world.popularity()[rank]];
+        let product = &self.world.products[self.world.popularity()[self.rank(rng)]];
         let client = &self.world.clients[rng.random_range(0..self.world.clients.len())];
         let kind = match rng.random_range(0..10) {
             0..7 => InteractionKind::View,
@@ -424,7 +429,11 @@ impl BadKind {
             }
             // Interaction kinds and conflicts are not made here: an empty payload is
             // malformed JSON, and the verdict check says so if it is ever asked for.
-            Reason::BadKind | Reason::ConflictingDuplicate => String::new(),
+            // Not purchase faults (made apart, or reasons of dimension writes).
+            Reason::BadKind
+            | Reason::ConflictingDuplicate
+            | Reason::TooLong
+            | Reason::OutOfRange => String::new(),
             Reason::PayloadTooLarge => {
                 let pad = "x".repeat(lakeshop_model::MAX_PAYLOAD_BYTES + rng.random_range(1..4096));
                 format!("{},\"comment\":\"{pad}\"}}", &json[..json.len() - 1])

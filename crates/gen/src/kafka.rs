@@ -90,7 +90,7 @@ pub(crate) fn history_messages(
     now: DateTime<Utc>,
     truth: &mut Truth,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    let draw = PurchaseDraw::new(world);
+    let draw = PurchaseDraw::new(world, opts.product_skew);
     let days = history_days(now, opts.timezone, opts.days);
     let mut rng = world.event_rng();
     let msgs = history_purchases(opts, &draw, &days, now, &mut rng, truth)?;
@@ -131,7 +131,7 @@ pub async fn produce(
         *truth = t;
         return Ok(());
     }
-    let draw = PurchaseDraw::new(world);
+    let draw = PurchaseDraw::new(world, opts.product_skew);
     let days = history_days(now, opts.timezone, opts.days);
     let mut sends: Vec<(String, Vec<Msg>)> = Vec::new();
     if opts.wants(Part::Purchases) {
@@ -402,7 +402,7 @@ fn live_loop(
     let topic = &targets.purchases_topic;
     let (producer, delivery) = producer(&producer_config(&targets.kafka), topic)?;
     let headers = run_headers(&truth.run_id.to_string());
-    let draw = PurchaseDraw::new(world);
+    let draw = PurchaseDraw::new(world, opts.product_skew);
     let pb = bar(rate * duration.as_secs().max(1), topic, opts.progress);
     let started = Instant::now();
     let mut sent: u64 = 0;

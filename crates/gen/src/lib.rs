@@ -61,6 +61,8 @@ pub struct GenOptions {
     pub duplicate_fraction: f64,
     pub unknown_fraction: f64,
     pub bad_fraction: f64,
+    /// Zipf exponent of product popularity (0: every product equally likely).
+    pub product_skew: f64,
     pub seed: u64,
     /// Business time zone: day boundaries of the truth.
     pub timezone: chrono_tz::Tz,
@@ -86,6 +88,12 @@ impl GenOptions {
             if !(0.0..=1.0).contains(&f) {
                 return Err(Error::Options(format!("--{name} {f} is outside 0..=1")));
             }
+        }
+        if !(0.0..=10.0).contains(&self.product_skew) {
+            return Err(Error::Options(format!(
+                "--product-skew {} is outside 0..=10",
+                self.product_skew
+            )));
         }
         if self.sellers == 0 || self.products == 0 || self.clients == 0 {
             return Err(Error::Options(
@@ -193,6 +201,7 @@ mod tests {
             duplicate_fraction: 0.05,
             unknown_fraction: 0.02,
             bad_fraction: 0.05,
+            product_skew: 1.1,
             seed,
             timezone: chrono_tz::Europe::Moscow,
             parts: vec![],

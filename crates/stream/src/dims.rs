@@ -5,7 +5,7 @@
 //! `unknown`; one whose seller is absent or not in `stage.sellers` under seller `unknown`,
 //! exactly as the batch job and the generator's truth do. Nothing waits for a dimension.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,69 +17,113 @@ use lakeshop_stage::{Stage, Table};
 
 use crate::{Error, Result};
 
+/// A dimension key as counted and stored: the total's empty key, `unknown`, an id (stored as
+/// its canonical text) or a name. Each stored text has one `Key` (a category named `unknown`
+/// is [`Key::Unknown`]), so two keys are equal exactly when their stored texts are.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// The total's key: the empty text.
+    Total,
+    /// Not in the dimension (or absent from the purchase).
+    Unknown,
+    /// A product or seller id.
+    Id(u128),
+    /// A category name.
+    Name(Arc<str>),
+}
+
+impl Key {
+    /// The key of a stored id text (`unknown`, or an id).
+    pub fn stored_id(s: &str) -> Self {
+        match uuid::Uuid::parse_str(s) {
+            Ok(id) if s == id.hyphenated().to_string() => Key::Id(id.as_u128()),
+            _ if s.is_empty() => Key::Total,
+            _ if s == UNKNOWN => Key::Unknown,
+            _ => Key::Name(Arc::from(s)),
+        }
+    }
+
+    /// Calls `f` with the stored text.
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Key::Total => f(""),
+            Key::Unknown => f(UNKNOWN),
+            Key::Name(n) => f(n),
+            Key::Id(id) => f(uuid::Uuid::from_u128(*id)
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.with_str(|s| f.write_str(s))
+    }
+}
+
 /// The keys one purchase is counted under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
-    pub seller: Arc<str>,
-    pub category: Arc<str>,
-    pub product: Arc<str>,
+    pub seller: Key,
+    pub category: Key,
+    pub product: Key,
 }
 
 /// One snapshot of the dimensions.
 #[derive(Debug, Default)]
 pub struct Dims {
-    /// product id → (product key, category).
-    products: HashMap<u128, (Arc<str>, Arc<str>)>,
-    /// seller id → seller key.
-    sellers: HashMap<u128, Arc<str>>,
+    /// product id → category.
+    products: HashMap<u128, Key, foldhash::fast::RandomState>,
+    /// Known seller ids.
+    sellers: HashSet<u128, foldhash::fast::RandomState>,
     /// Delta versions read (products, sellers); `None`: the table does not exist yet.
     pub versions: (Option<u64>, Option<u64>),
-    unknown: Arc<str>,
     /// Interned category names.
-    categories: HashMap<String, Arc<str>>,
+    categories: HashMap<String, Key>,
 }
 
 impl Dims {
     /// No dimension: everything is `unknown`.
     pub fn empty() -> Self {
-        Self {
-            unknown: Arc::from(UNKNOWN),
-            ..Self::default()
+        Self::default()
+    }
+
+    /// The key of a category name (interned).
+    fn category(&mut self, name: &str) -> Key {
+        if name == UNKNOWN {
+            return Key::Unknown;
         }
+        if let Some(c) = self.categories.get(name) {
+            return c.clone();
+        }
+        let c = Key::Name(Arc::from(name));
+        self.categories.insert(name.to_string(), c.clone());
+        c
     }
 
     /// Adds a product (tests and loading).
     pub fn add_product(&mut self, id: uuid::Uuid, category: &str) {
-        let category = match self.categories.get(category) {
-            Some(c) => c.clone(),
-            None => {
-                let c: Arc<str> = Arc::from(category);
-                self.categories.insert(category.to_string(), c.clone());
-                c
-            }
-        };
-        self.products
-            .insert(id.as_u128(), (Arc::from(id.to_string().as_str()), category));
+        let category = self.category(category);
+        self.products.insert(id.as_u128(), category);
     }
 
     /// Adds a seller (tests and loading).
     pub fn add_seller(&mut self, id: uuid::Uuid) {
-        self.sellers
-            .insert(id.as_u128(), Arc::from(id.to_string().as_str()));
+        self.sellers.insert(id.as_u128());
     }
 
     /// The keys `p` counts under now.
     pub fn keys(&self, p: &Purchase) -> Keys {
-        let seller = p
-            .seller_id
-            .and_then(|s| self.sellers.get(&s.as_u128()))
-            .cloned()
-            .unwrap_or_else(|| self.unknown.clone());
-        let (product, category) = self
-            .products
-            .get(&p.product_id.as_u128())
-            .cloned()
-            .unwrap_or_else(|| (self.unknown.clone(), self.unknown.clone()));
+        let seller = match p.seller_id.map(|s| s.as_u128()) {
+            Some(s) if self.sellers.contains(&s) => Key::Id(s),
+            _ => Key::Unknown,
+        };
+        let id = p.product_id.as_u128();
+        let (product, category) = match self.products.get(&id) {
+            Some(c) => (Key::Id(id), c.clone()),
+            None => (Key::Unknown, Key::Unknown),
+        };
         Keys {
             seller,
             category,
@@ -89,21 +133,15 @@ impl Dims {
 
     /// Keys as stored with a counted purchase (restored after a restart).
     pub fn stored_keys(&self, seller: &str, category: &str, product: &str) -> Keys {
-        let intern = |s: &str| -> Arc<str> {
-            if s == UNKNOWN {
-                self.unknown.clone()
-            } else {
-                Arc::from(s)
-            }
+        let category = match self.categories.get(category) {
+            Some(c) => c.clone(),
+            None if category == UNKNOWN => Key::Unknown,
+            None => Key::Name(Arc::from(category)),
         };
         Keys {
-            seller: intern(seller),
-            category: self
-                .categories
-                .get(category)
-                .cloned()
-                .unwrap_or_else(|| intern(category)),
-            product: intern(product),
+            seller: Key::stored_id(seller),
+            category,
+            product: Key::stored_id(product),
         }
     }
 
@@ -200,21 +238,30 @@ async fn versions(stage: &Stage) -> Result<(Option<u64>, Option<u64>)> {
     ))
 }
 
-/// Strings of one column of `batches` (ids as canonical text).
-fn strings(
+/// Calls `f` with each row's texts of columns `cols` of `batches` (ids as canonical text),
+/// without copying them.
+fn each_row<const N: usize>(
     batches: &[deltalake::arrow::record_batch::RecordBatch],
-    col: usize,
-) -> Result<Vec<Option<String>>> {
-    let mut out = Vec::new();
+    cols: [usize; N],
+    mut f: impl FnMut([Option<&str>; N]),
+) -> Result<()> {
     for b in batches {
-        let c = deltalake::arrow::compute::cast(b.column(col), &DataType::Utf8)
-            .map_err(|e| Error::Dimensions(e.to_string()))?;
-        let s = c.as_string::<i32>();
-        for i in 0..s.len() {
-            out.push((!s.is_null(i)).then(|| s.value(i).to_string()));
+        let mut arrays = Vec::with_capacity(N);
+        for c in cols {
+            arrays.push(
+                deltalake::arrow::compute::cast(b.column(c), &DataType::Utf8)
+                    .map_err(|e| Error::Dimensions(e.to_string()))?,
+            );
+        }
+        let strings: Vec<_> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
+        for i in 0..b.num_rows() {
+            f(std::array::from_fn(|c| {
+                let s = strings[c];
+                (!s.is_null(i)).then(|| s.value(i))
+            }));
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 async fn read(stage: &Stage, versions: (Option<u64>, Option<u64>)) -> Result<Dims> {
@@ -236,19 +283,17 @@ async fn read(stage: &Stage, versions: (Option<u64>, Option<u64>)) -> Result<Dim
     let mut dims = Dims::empty();
     dims.versions = versions;
     let products = q("SELECT product_id, category FROM products").await?;
-    for (id, category) in strings(&products, 0)?
-        .into_iter()
-        .zip(strings(&products, 1)?)
-    {
-        if let (Some(Ok(id)), Some(category)) = (id.map(|s| uuid::Uuid::parse_str(&s)), category) {
-            dims.add_product(id, &category);
+    each_row(&products, [0, 1], |[id, category]| {
+        if let (Some(Ok(id)), Some(category)) = (id.map(uuid::Uuid::parse_str), category) {
+            dims.add_product(id, category);
         }
-    }
+    })?;
+    drop(products);
     let sellers = q("SELECT seller_id FROM sellers").await?;
-    for id in strings(&sellers, 0)?.into_iter().flatten() {
-        if let Ok(id) = uuid::Uuid::parse_str(&id) {
+    each_row(&sellers, [0], |[id]| {
+        if let Some(Ok(id)) = id.map(uuid::Uuid::parse_str) {
             dims.add_seller(id);
         }
-    }
+    })?;
     Ok(dims)
 }

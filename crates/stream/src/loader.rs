@@ -2,9 +2,11 @@
 //! partition's state, and flushes the changed rows and then the checkpoint to ClickHouse.
 //!
 //! What is durable when:
-//! 1. A flush first inserts the counted purchases, then the changed windows (full state and
-//!    version), then the changed reject counters, and only after all three are acknowledged
-//!    the checkpoint (next offset, watermark, clock) of each partition.
+//! 1. A flush inserts the counted purchases, the changed windows (full state and version) and
+//!    the changed reject counters (the three at once), and only after all three are
+//!    acknowledged the checkpoint (next offset, watermark, clock) of each partition. One flush
+//!    is in flight at a time, on the runtime, while the loop goes on reading: records read
+//!    meanwhile change windows that the next flush writes.
 //! 2. On assignment a partition's state is restored from ClickHouse: its checkpoint, the latest
 //!    version of its open windows and counters, and the purchase ids it counted within the
 //!    lateness (and any counted at or after the checkpoint, with the keys they counted under).
@@ -16,8 +18,9 @@
 //!    its offset. So a kill at any instant neither loses a record (nothing is checkpointed
 //!    before its rows are acknowledged) nor counts one twice (rows are versioned full state).
 //!
-//! ClickHouse down: a failed flush keeps every row (the rows are rebuilt from state when the
-//! flush is tried again, with backoff up to 10 s); reading goes on until
+//! ClickHouse down: a failed flush keeps every row (its purchases are sent again, its windows
+//! and counters are marked changed so the next flush writes their current state; tried again
+//! with backoff up to 10 s); reading goes on until
 //! `max_unacked_records` records wait for acknowledgement, then the assigned partitions are
 //! paused until a flush succeeds. A broker restart is librdkafka's reconnect.
 
@@ -28,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use lakeshop_clickhouse::stream::Checkpoint;
 use lakeshop_clickhouse::{ClickHouse, RowBinary, StreamTable};
-use lakeshop_sources::kafka::{ConsumerOptions, KafkaConsumer, Polled, Resume, Resumed};
+use lakeshop_sources::kafka::{ConsumerOptions, KafkaConsumer, Polled, Record, Resume, Resumed};
 use lakeshop_stage::Stage;
 use rdkafka::ClientConfig;
 
 use crate::dead_letters::DeadLetters;
-use crate::dims::DimsCache;
+use crate::dims::{Dims, DimsCache};
 use crate::metrics::StreamMetrics;
 use crate::state::{Outcome, PartitionState, Restored, Settings, TOO_LATE};
 use crate::{Error, Result};
@@ -244,7 +247,7 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
     // through the runtime handle.
     let result = tokio::task::spawn_blocking(move || {
         let consumer = KafkaConsumer::start(&options, checkpoints)?;
-        Loop::new(consumer, runtime, ch, opts2, dims, dead_letters).run()
+        Loop::new(runtime, ch, opts2, dims, dead_letters).run(consumer)
     })
     .await
     .map_err(|e| Error::Internal(e.to_string()))?;
@@ -253,25 +256,46 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
 }
 
 struct Loop {
-    consumer: KafkaConsumer<Checkpoints>,
     runtime: tokio::runtime::Handle,
     ch: ClickHouse,
     opts: StreamOptions,
     dims: DimsCache,
     states: BTreeMap<i32, PartitionState>,
+    /// Each assigned partition's assignment number: a flush ending after its partition was
+    /// revoked (and maybe assigned again) changes nothing of the new assignment.
+    epochs: BTreeMap<i32, u64>,
+    next_epoch: u64,
     /// Next offset each partition's last acknowledged checkpoint holds.
     checkpointed: BTreeMap<i32, i64>,
-    /// Counted-purchase rows taken from the states and not yet acknowledged.
+    /// Counted-purchase rows of a failed flush, sent again with the next one.
     purchases: RowBinary,
+    /// Event times (ms) of the purchases of a failed flush (latency metric).
+    counted_times: Vec<i64>,
     /// Records processed since the last acknowledged flush.
     unacked: usize,
+    /// The flush in flight.
+    flight: Option<Flight>,
     stats: StreamStats,
     dead_letters: Option<DeadLetters>,
 }
 
+/// A flush sent to ClickHouse and not yet answered.
+struct Flight {
+    task: tokio::task::JoinHandle<Result<()>>,
+    started: Instant,
+    /// (partition, assignment, next offset its checkpoint holds).
+    covers: Vec<(i32, u64, i64)>,
+    /// Records processed before the flush began.
+    records: usize,
+    /// The counted-purchase rows it sends (kept to send again if it fails).
+    purchases: RowBinary,
+    counted_times: Vec<i64>,
+    windows: usize,
+    rejects: usize,
+}
+
 impl Loop {
     fn new(
-        consumer: KafkaConsumer<Checkpoints>,
         runtime: tokio::runtime::Handle,
         ch: ClickHouse,
         opts: StreamOptions,
@@ -280,20 +304,23 @@ impl Loop {
     ) -> Self {
         Self {
             dead_letters,
-            consumer,
             runtime,
             ch,
             opts,
             dims,
             states: BTreeMap::new(),
+            epochs: BTreeMap::new(),
+            next_epoch: 0,
             checkpointed: BTreeMap::new(),
             purchases: RowBinary::new(),
+            counted_times: Vec::new(),
             unacked: 0,
+            flight: None,
             stats: StreamStats::default(),
         }
     }
 
-    fn run(mut self) -> Result<StreamStats> {
+    fn run(mut self, mut consumer: KafkaConsumer<Checkpoints>) -> Result<StreamStats> {
         let mut dims = self.dims.get();
         let mut last_flush = Instant::now();
         let mut last_evict = Instant::now();
@@ -303,11 +330,13 @@ impl Loop {
         let mut backoff = Duration::from_millis(250);
         let mut progress = (0u64, 0u64, 0u64);
         loop {
+            // While a flush is in flight the poll returns soon, to see it end.
+            let wait = if self.flight.is_some() { 2 } else { 20 };
             let Polled {
                 revoked,
                 assigned,
                 record,
-            } = self.consumer.poll(Duration::from_millis(20))?;
+            } = consumer.poll(Duration::from_millis(wait))?;
             let now = Instant::now();
             if now.duration_since(last_beat) >= Duration::from_millis(250) {
                 self.opts.metrics.heartbeat();
@@ -317,47 +346,42 @@ impl Loop {
             // from the checkpoint.
             for p in revoked {
                 self.states.remove(&p);
+                self.epochs.remove(&p);
                 self.checkpointed.remove(&p);
             }
             for r in assigned {
+                self.next_epoch += 1;
+                self.epochs.insert(r.partition, self.next_epoch);
                 self.checkpointed.insert(r.partition, r.state.next);
                 self.states.insert(r.partition, r.state);
             }
             if let Some(m) = record {
-                let p = m.partition();
-                if let Some(st) = self.states.get_mut(&p) {
-                    let outcome = st.process(m.offset(), m.timestamp_ms(), m.payload(), &dims);
-                    let entry = self.stats.partitions.entry(p).or_default();
-                    match outcome {
-                        Outcome::Skipped => {}
-                        Outcome::Counted => {
-                            entry.0 += 1;
-                            entry.1 += 1;
-                            self.stats.read += 1;
-                            self.stats.counted += 1;
-                            self.opts.metrics.consumed.inc();
-                            self.opts.metrics.counted.inc();
-                            self.unacked += 1;
+                self.process(&m, &dims)?;
+            }
+            if self.flight.as_ref().is_some_and(|f| f.task.is_finished()) {
+                match self.land() {
+                    Ok(()) => {
+                        last_flush = Instant::now();
+                        retry_at = None;
+                        backoff = Duration::from_millis(250);
+                        if consumer.is_paused() {
+                            self.set_paused(&mut consumer, false)?;
                         }
-                        Outcome::Rejected(reason) => {
-                            entry.0 += 1;
-                            entry.2 += 1;
-                            self.stats.read += 1;
-                            self.stats.rejected += 1;
-                            *self
-                                .stats
-                                .rejected_by_reason
-                                .entry(reason.to_string())
-                                .or_default() += 1;
-                            self.opts.metrics.consumed.inc();
-                            self.opts.metrics.rejected(reason);
-                            if reason == TOO_LATE {
-                                self.opts.metrics.too_late.inc();
+                        dims = self.dims.get();
+                        if now.duration_since(last_evict) >= EVICT_EVERY {
+                            for st in self.states.values_mut() {
+                                st.evict();
                             }
-                            if let Some(dl) = &mut self.dead_letters {
-                                dl.forward(&self.opts.topic, p, m.offset(), m.payload(), reason)?;
-                            }
-                            self.unacked += 1;
+                            last_evict = now;
+                        }
+                    }
+                    Err(e) => {
+                        self.opts.metrics.flush_errors.inc();
+                        tracing::warn!(error = %e, unacked = self.unacked, retry_in_ms = backoff.as_millis() as u64, "flush failed; keeping the rows and retrying");
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        if self.opts.stop.load(Ordering::Relaxed) {
+                            return Err(e);
                         }
                     }
                 }
@@ -370,38 +394,12 @@ impl Loop {
             let caught_up = self
                 .opts
                 .until_idle
-                .is_some_and(|idle| self.consumer.caught_up(idle));
-            let may_try = retry_at.is_none_or(|t| now >= t);
+                .is_some_and(|idle| consumer.caught_up(idle));
+            let may_try = retry_at.is_none_or(|t| now >= t) && self.flight.is_none();
             if (due || ((stopping || caught_up) && pending)) && may_try {
-                match self.flush() {
-                    Ok(()) => {
-                        last_flush = Instant::now();
-                        retry_at = None;
-                        backoff = Duration::from_millis(250);
-                        if self.consumer.is_paused() {
-                            self.set_paused(false)?;
-                        }
-                        dims = self.dims.get();
-                        if now.duration_since(last_evict) >= EVICT_EVERY {
-                            for st in self.states.values_mut() {
-                                st.evict();
-                            }
-                            last_evict = now;
-                        }
-                    }
-                    Err(e @ Error::DeadLetters(_)) => return Err(e),
-                    Err(e) => {
-                        self.opts.metrics.flush_errors.inc();
-                        tracing::warn!(error = %e, unacked = self.unacked, retry_in_ms = backoff.as_millis() as u64, "flush failed; keeping the rows and retrying");
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        if stopping {
-                            return Err(e);
-                        }
-                    }
-                }
+                self.take_off()?;
             }
-            if !self.consumer.is_paused()
+            if !consumer.is_paused()
                 && self.unacked >= self.opts.max_unacked_records
                 && retry_at.is_some()
             {
@@ -409,7 +407,7 @@ impl Loop {
                     unacked = self.unacked,
                     "buffer full while ClickHouse does not acknowledge; pausing reads"
                 );
-                self.set_paused(true)?;
+                self.set_paused(&mut consumer, true)?;
             }
             if now.duration_since(last_progress) >= PROGRESS_EVERY {
                 let s = &self.stats;
@@ -427,16 +425,60 @@ impl Loop {
                 progress = (s.read, s.counted, s.flushes);
                 last_progress = now;
             }
-            if stopping && !self.needs_flush() {
+            let settled = self.flight.is_none() && !self.needs_flush();
+            if stopping && settled {
                 tracing::info!(topic = %self.opts.topic, "stop requested; everything acknowledged");
                 break;
             }
-            if caught_up && !self.needs_flush() {
+            if caught_up && settled {
                 tracing::info!(topic = %self.opts.topic, read = self.stats.read, "caught up");
                 break;
             }
         }
         Ok(self.stats)
+    }
+
+    /// Folds one record into its partition's state and counts what became of it.
+    fn process(&mut self, m: &Record<'_>, dims: &Dims) -> Result<()> {
+        let p = m.partition();
+        let Some(st) = self.states.get_mut(&p) else {
+            return Ok(());
+        };
+        let outcome = st.process(m.offset(), m.timestamp_ms(), m.payload(), dims);
+        let entry = self.stats.partitions.entry(p).or_default();
+        match outcome {
+            Outcome::Skipped => {}
+            Outcome::Counted => {
+                entry.0 += 1;
+                entry.1 += 1;
+                self.stats.read += 1;
+                self.stats.counted += 1;
+                self.opts.metrics.consumed.inc();
+                self.opts.metrics.counted.inc();
+                self.unacked += 1;
+            }
+            Outcome::Rejected(reason) => {
+                entry.0 += 1;
+                entry.2 += 1;
+                self.stats.read += 1;
+                self.stats.rejected += 1;
+                *self
+                    .stats
+                    .rejected_by_reason
+                    .entry(reason.to_string())
+                    .or_default() += 1;
+                self.opts.metrics.consumed.inc();
+                self.opts.metrics.rejected(reason);
+                if reason == TOO_LATE {
+                    self.opts.metrics.too_late.inc();
+                }
+                if let Some(dl) = &mut self.dead_letters {
+                    dl.forward(&self.opts.topic, p, m.offset(), m.payload(), reason)?;
+                }
+                self.unacked += 1;
+            }
+        }
+        Ok(())
     }
 
     fn needs_flush(&self) -> bool {
@@ -447,8 +489,12 @@ impl Loop {
                 .any(|s| s.is_dirty() || self.checkpointed.get(&s.part()) != Some(&s.next))
     }
 
-    fn set_paused(&mut self, paused: bool) -> Result<()> {
-        self.consumer.set_paused(paused)?;
+    fn set_paused(
+        &mut self,
+        consumer: &mut KafkaConsumer<Checkpoints>,
+        paused: bool,
+    ) -> Result<()> {
+        consumer.set_paused(paused)?;
         self.opts.metrics.backpressure.set(i64::from(paused));
         if !paused {
             tracing::info!("ClickHouse acknowledges again; reading resumed");
@@ -456,66 +502,118 @@ impl Loop {
         Ok(())
     }
 
-    /// Inserts the counted purchases, the changed windows and counters, then the checkpoints.
-    fn flush(&mut self) -> Result<()> {
-        let started = Instant::now();
-        for st in self.states.values_mut() {
-            st.take_purchases(&mut self.purchases);
-        }
-        let runtime = &self.runtime;
-        let ch = &self.ch;
-        let insert = |table: StreamTable, body: &RowBinary| -> Result<()> {
-            runtime.block_on(async {
-                match tokio::time::timeout(INSERT_TIMEOUT, ch.insert_stream(table, body)).await {
-                    Ok(r) => r.map_err(Error::from),
-                    Err(_) => Err(Error::Internal(format!(
-                        "insert into {} took longer than {} s",
-                        table.name(),
-                        INSERT_TIMEOUT.as_secs()
-                    ))),
-                }
-            })
-        };
-        insert(StreamTable::Purchases, &self.purchases)?;
-        self.purchases.clear();
-        let mut windows = RowBinary::new();
-        let mut rejects = RowBinary::new();
-        let mut checkpoints = RowBinary::new();
-        for st in self.states.values() {
-            st.window_rows(&mut windows);
-            st.reject_rows(&mut rejects);
-            st.checkpoint_row(&self.opts.pipeline, &mut checkpoints);
-        }
-        insert(StreamTable::Windows, &windows)?;
-        insert(StreamTable::Rejects, &rejects)?;
+    /// Starts a flush: encodes the counted purchases, the changed windows and counters and the
+    /// checkpoints, and sends them on the runtime (purchases, windows and counters at once,
+    /// then the checkpoints once all three are acknowledged).
+    fn take_off(&mut self) -> Result<()> {
+        // Dead letters are acknowledged before a checkpoint that covers them is sent.
         if let Some(dl) = &mut self.dead_letters {
             dl.acknowledge()?;
         }
-        insert(StreamTable::Checkpoints, &checkpoints)?;
-        let acked_ms = chrono::Utc::now().timestamp_millis();
-        for st in self.states.values_mut() {
-            for t in &st.counted_times {
-                self.opts
-                    .metrics
-                    .latency_seconds
-                    .observe((acked_ms - t).max(0) as f64 / 1000.0);
-            }
-            st.acknowledged();
-            self.checkpointed.insert(st.part(), st.next);
+        let mut purchases = std::mem::take(&mut self.purchases);
+        let mut counted_times = std::mem::take(&mut self.counted_times);
+        let mut windows = RowBinary::new();
+        let mut rejects = RowBinary::new();
+        let mut checkpoints = RowBinary::new();
+        let mut covers = Vec::with_capacity(self.states.len());
+        for (p, st) in self.states.iter_mut() {
+            st.take_purchases(&mut purchases);
+            st.window_rows(&mut windows);
+            st.reject_rows(&mut rejects);
+            st.checkpoint_row(&self.opts.pipeline, &mut checkpoints);
+            counted_times.extend(st.begin_flush());
+            let epoch = self.epochs.get(p).copied().unwrap_or_default();
+            covers.push((*p, epoch, st.next));
         }
-        self.unacked = 0;
+        let ch = self.ch.clone();
+        let body = purchases.clone();
+        let (window_rows, reject_rows) = (windows.rows(), rejects.rows());
+        let task = self.runtime.spawn(async move {
+            let (a, b, c) = tokio::join!(
+                insert(&ch, StreamTable::Purchases, &body),
+                insert(&ch, StreamTable::Windows, &windows),
+                insert(&ch, StreamTable::Rejects, &rejects),
+            );
+            a.and(b).and(c)?;
+            insert(&ch, StreamTable::Checkpoints, &checkpoints).await
+        });
+        self.flight = Some(Flight {
+            task,
+            started: Instant::now(),
+            covers,
+            records: self.unacked,
+            purchases,
+            counted_times,
+            windows: window_rows,
+            rejects: reject_rows,
+        });
+        Ok(())
+    }
+
+    /// Ends the flush in flight (it has finished): on success its checkpoints hold, on
+    /// failure its rows are sent again with the next flush.
+    fn land(&mut self) -> Result<()> {
+        let Some(flight) = self.flight.take() else {
+            return Ok(());
+        };
+        let result = self
+            .runtime
+            .block_on(flight.task)
+            .map_err(|e| Error::Internal(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = result {
+            for (p, epoch, _) in &flight.covers {
+                if self.epochs.get(p) == Some(epoch) {
+                    if let Some(st) = self.states.get_mut(p) {
+                        st.flush_failed();
+                    }
+                }
+            }
+            self.purchases = flight.purchases;
+            self.counted_times = flight.counted_times;
+            return Err(e);
+        }
+        let acked_ms = chrono::Utc::now().timestamp_millis();
+        for t in &flight.counted_times {
+            self.opts
+                .metrics
+                .latency_seconds
+                .observe((acked_ms - t).max(0) as f64 / 1000.0);
+        }
+        for (p, epoch, next) in &flight.covers {
+            if self.epochs.get(p) == Some(epoch) {
+                if let Some(st) = self.states.get_mut(p) {
+                    st.flush_succeeded();
+                }
+                self.checkpointed.insert(*p, *next);
+            }
+        }
+        self.unacked = self.unacked.saturating_sub(flight.records);
         self.stats.flushes += 1;
         self.opts.metrics.acked();
+        let elapsed = flight.started.elapsed();
         self.opts
             .metrics
             .flush_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         tracing::debug!(
-            windows = windows.rows(),
-            rejects = rejects.rows(),
-            ms = started.elapsed().as_millis() as u64,
+            windows = flight.windows,
+            rejects = flight.rejects,
+            ms = elapsed.as_millis() as u64,
             "flushed"
         );
         Ok(())
+    }
+}
+
+/// Inserts one body, failing when ClickHouse takes longer than [`INSERT_TIMEOUT`].
+async fn insert(ch: &ClickHouse, table: StreamTable, body: &RowBinary) -> Result<()> {
+    match tokio::time::timeout(INSERT_TIMEOUT, ch.insert_stream(table, body)).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Internal(format!(
+            "insert into {} took longer than {} s",
+            table.name(),
+            INSERT_TIMEOUT.as_secs()
+        ))),
     }
 }

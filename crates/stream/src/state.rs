@@ -18,7 +18,7 @@ use lakeshop_clickhouse::RowBinary;
 use lakeshop_model::{parse_purchase, Purchase};
 
 use crate::calendar::{Calendar, Granularity};
-use crate::dims::{Dims, Keys};
+use crate::dims::{Dims, Key, Keys};
 
 /// What a record counts under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,7 +72,7 @@ pub struct WindowKey {
     pub granularity: Granularity,
     pub start: i64,
     pub dim: Dim,
-    pub key: Arc<str>,
+    pub key: Key,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -177,8 +177,11 @@ pub struct PartitionState {
     pub clock: i64,
     windows: HashMap<WindowKey, Agg, foldhash::fast::RandomState>,
     dirty_windows: Vec<WindowKey>,
+    /// Windows whose rows are in the flush in flight (clean unless changed since).
+    flying_windows: Vec<WindowKey>,
     rejects: HashMap<(i64, &'static str), Counter, foldhash::fast::RandomState>,
     dirty_rejects: Vec<(i64, &'static str)>,
+    flying_rejects: Vec<(i64, &'static str)>,
     seen: HashMap<u128, Seen, foldhash::fast::RandomState>,
     /// Ids in the order seen, to forget them once their time is past the lateness.
     seen_order: VecDeque<(i64, u128)>,
@@ -188,7 +191,7 @@ pub struct PartitionState {
     /// Rows of counted purchases not yet acknowledged.
     purchases: RowBinary,
     /// Event times (ms) of the purchases counted since the last flush (latency metric).
-    pub counted_times: Vec<i64>,
+    counted_times: Vec<i64>,
 }
 
 /// Reject reasons are `'static` names; validation reasons map onto their own.
@@ -218,8 +221,10 @@ impl PartitionState {
             clock: restored.clock,
             windows: HashMap::default(),
             dirty_windows: Vec::new(),
+            flying_windows: Vec::new(),
             rejects: HashMap::default(),
             dirty_rejects: Vec::new(),
+            flying_rejects: Vec::new(),
             seen: HashMap::default(),
             seen_order: VecDeque::new(),
             replay_keys: HashMap::new(),
@@ -234,8 +239,9 @@ impl PartitionState {
             };
             let span = s.calendar.span(granularity, w.window_start);
             let key = match dim {
-                Dim::Total => Arc::from(""),
-                _ => Arc::from(w.key.as_str()),
+                Dim::Total => Key::Total,
+                Dim::Category => dims.stored_keys("", &w.key, "").category,
+                Dim::Seller | Dim::Product => Key::stored_id(&w.key),
             };
             s.windows.insert(
                 WindowKey {
@@ -385,7 +391,7 @@ impl PartitionState {
         for (g, span) in spans {
             for dim in Dim::ALL {
                 let key = match dim {
-                    Dim::Total => empty(),
+                    Dim::Total => Key::Total,
                     Dim::Seller => keys.seller.clone(),
                     Dim::Category => keys.category.clone(),
                     Dim::Product => keys.product.clone(),
@@ -420,18 +426,12 @@ impl PartitionState {
             self.seen.insert(id, Seen { offset, hash, ts });
             self.seen_order.push_back((ts, id));
             let [(_, minute), (_, hour), (_, day)] = spans;
-            let id_text = p
-                .purchase_id
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer())
-                .to_string();
-            let client = p
-                .client_id
-                .hyphenated()
-                .encode_lower(&mut uuid::Uuid::encode_buffer())
-                .to_string();
+            let (mut id_buf, mut client_buf) =
+                (uuid::Uuid::encode_buffer(), uuid::Uuid::encode_buffer());
+            let id_text = p.purchase_id.hyphenated().encode_lower(&mut id_buf);
+            let client = p.client_id.hyphenated().encode_lower(&mut client_buf);
             self.purchases
-                .string(&id_text)
+                .string(id_text)
                 .string(&self.settings.topic)
                 .u16(self.part as u16)
                 .u64(offset as u64)
@@ -440,13 +440,11 @@ impl PartitionState {
                 .datetime(minute.start)
                 .datetime(hour.start)
                 .datetime(day.start)
-                .string(&client)
-                .string(&keys.seller)
-                .string(&keys.category)
-                .string(&keys.product)
-                .u32(p.quantity)
-                .decimal128(amount)
-                .u64(hash);
+                .string(client);
+            for k in [&keys.seller, &keys.category, &keys.product] {
+                k.with_str(|s| self.purchases.string(s));
+            }
+            self.purchases.u32(p.quantity).decimal128(amount).u64(hash);
             self.purchases.end_row();
         }
         self.counted_times.push(p.timestamp.timestamp_millis());
@@ -474,9 +472,9 @@ impl PartitionState {
             out.string(wk.granularity.as_str())
                 .datetime(wk.start)
                 .date(a.date)
-                .string(wk.dim.as_str())
-                .string(&wk.key)
-                .string(&self.settings.topic)
+                .string(wk.dim.as_str());
+            wk.key.with_str(|k| out.string(k));
+            out.string(&self.settings.topic)
                 .u16(self.part as u16)
                 .decimal128(a.revenue)
                 .u64(a.purchases)
@@ -516,25 +514,65 @@ impl PartitionState {
         out.end_row();
     }
 
-    /// The rows encoded since the last call are acknowledged: marks them clean and forgets
-    /// closed windows, old counters and ids past the lateness.
+    /// The rows encoded since the last call are acknowledged (a flush begun and succeeded).
     pub fn acknowledged(&mut self) {
+        self.begin_flush();
+        self.flush_succeeded();
+    }
+
+    /// The changed windows and counters were encoded into a flush now sent: they are clean
+    /// until a record changes them again, and held as in flight until the flush ends. Returns
+    /// the event times (ms) of the purchases counted since the previous flush.
+    pub fn begin_flush(&mut self) -> Vec<i64> {
         for wk in std::mem::take(&mut self.dirty_windows) {
             if let Some(a) = self.windows.get_mut(&wk) {
                 a.dirty = false;
+                self.flying_windows.push(wk);
             }
         }
         for k in std::mem::take(&mut self.dirty_rejects) {
             if let Some(c) = self.rejects.get_mut(&k) {
                 c.dirty = false;
+                self.flying_rejects.push(k);
             }
         }
-        self.counted_times.clear();
+        std::mem::take(&mut self.counted_times)
+    }
+
+    /// ClickHouse acknowledged the flush in flight.
+    pub fn flush_succeeded(&mut self) {
+        self.flying_windows.clear();
+        self.flying_rejects.clear();
+    }
+
+    /// The flush in flight failed: its windows and counters are changed again, so the next
+    /// flush writes their current (full) state.
+    pub fn flush_failed(&mut self) {
+        for wk in std::mem::take(&mut self.flying_windows) {
+            if let Some(a) = self.windows.get_mut(&wk) {
+                if !a.dirty {
+                    a.dirty = true;
+                    self.dirty_windows.push(wk);
+                }
+            }
+        }
+        for k in std::mem::take(&mut self.flying_rejects) {
+            if let Some(c) = self.rejects.get_mut(&k) {
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty_rejects.push(k);
+                }
+            }
+        }
     }
 
     /// Forgets what no later record can change: windows closed on the watermark, reject
-    /// counters of minutes before the clock's, ids older than the lateness.
+    /// counters of minutes before the clock's, ids older than the lateness. Never while a
+    /// flush is in flight (a failed flush writes its windows again).
     pub fn evict(&mut self) {
+        if !self.flying_windows.is_empty() || !self.flying_rejects.is_empty() {
+            return;
+        }
         let wm = self.watermark;
         let lateness = self.settings.lateness;
         self.windows.retain(|_, a| a.dirty || a.end + lateness > wm);
@@ -591,13 +629,6 @@ impl PartitionState {
             })
             .collect()
     }
-}
-
-fn empty() -> Arc<str> {
-    thread_local! {
-        static EMPTY: Arc<str> = Arc::from("");
-    }
-    EMPTY.with(|e| e.clone())
 }
 
 #[cfg(test)]

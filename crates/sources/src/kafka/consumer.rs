@@ -355,6 +355,12 @@ impl<R: Resume> KafkaConsumer<R> {
             .set("enable.partition.eof", "true")
             .set("statistics.interval.ms", "1000")
             .set("fetch.message.max.bytes", "8388608");
+        // Records fetched ahead of the loop: librdkafka's default (64 MiB) is most of a
+        // loader's memory while it catches up, for no gain in speed. `[kafka.properties]`
+        // may say otherwise.
+        if client.get("queued.max.messages.kbytes").is_none() {
+            client.set("queued.max.messages.kbytes", "16384");
+        }
         if let Some(wait) = opts.fetch_wait {
             client.set("fetch.wait.max.ms", wait.as_millis().max(1).to_string());
         }

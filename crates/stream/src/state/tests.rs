@@ -123,10 +123,10 @@ fn world(seed: u64, n: usize) -> World {
             for g in Granularity::ALL {
                 let start = Calendar::new(chrono_tz::UTC).span(g, ts).start;
                 for (dim, key) in [
-                    ("total", ""),
-                    ("seller", &*keys.seller),
-                    ("category", &*keys.category),
-                    ("product", &*keys.product),
+                    ("total", String::new()),
+                    ("seller", keys.seller.to_string()),
+                    ("category", keys.category.to_string()),
+                    ("product", keys.product.to_string()),
                 ] {
                     let e = expected
                         .entry((
@@ -427,4 +427,194 @@ fn lateness_is_measured_on_the_watermark() {
     // Only the newest minute, hour and day × 4 dims are open (the day of T0 + 3h may be the same day).
     assert!(windows <= 12 + 4, "{windows} windows still held");
     assert_eq!(ids, 1);
+}
+
+#[test]
+fn a_failed_flush_writes_its_windows_again_with_their_current_state() {
+    let dims = Dims::empty();
+    let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
+    let at = |id: u128, product: u128, ts: i64| {
+        Purchase {
+            purchase_id: Uuid::from_u128(id),
+            client_id: Uuid::from_u128(2),
+            product_id: Uuid::from_u128(product),
+            seller_id: None,
+            quantity: 1,
+            price: Decimal::new(100, 2),
+            timestamp: DateTime::<Utc>::from_timestamp(ts, 0).expect("time"),
+        }
+        .to_json()
+        .into_bytes()
+    };
+    let k = Some(T0 * 1000);
+    assert_eq!(st.process(0, k, &at(1, 3, T0), &dims), Outcome::Counted);
+    let sent = st.dirty_window_states().len();
+    st.take_purchases(&mut RowBinary::new());
+    assert_eq!(st.begin_flush().len(), 1);
+    assert!(!st.is_dirty(), "what was sent is clean while in flight");
+    // A record read while the flush is in flight changes the shared windows only.
+    assert_eq!(st.process(1, k, &at(2, 3, T0 + 1), &dims), Outcome::Counted);
+    st.take_purchases(&mut RowBinary::new());
+    let changed = st.dirty_window_states().len();
+    assert!(changed <= sent);
+    // Eviction waits for the flight to end.
+    st.evict();
+    st.flush_failed();
+    let again = st.dirty_window_states();
+    assert_eq!(
+        again.len(),
+        sent,
+        "every window of the failed flush is written again"
+    );
+    let day = again
+        .iter()
+        .find(|w| w.granularity == "day" && w.dim == "total")
+        .expect("day total");
+    assert_eq!(
+        (day.purchases, day.version),
+        (2, 2),
+        "current state, not the sent one"
+    );
+    // A successful flush leaves nothing to write.
+    st.begin_flush();
+    st.flush_succeeded();
+    assert!(st.dirty_window_states().is_empty());
+}
+
+/// A flush sent and not yet answered: what it would write.
+struct Flight {
+    windows: Vec<WindowState>,
+    rejects: Vec<RejectState>,
+    counted: BTreeMap<i64, CountedPurchase>,
+    checkpoint: (i64, i64, i64),
+    /// Records still to process before it is answered.
+    answer_in: usize,
+    fails: bool,
+}
+
+/// The loader's pipelined flushes: one flush in flight while records go on being processed,
+/// answered (or failed, with any part of it landed) some records later; crashes at random,
+/// in flight or not. Whatever happens, the rows end equal to the model.
+#[test]
+fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
+    let w = world(3, 3000);
+    let lateness = settings().lateness;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for round in 0..30 {
+        let flush_every = rng.random_range(5..60);
+        let mut store = Store::default();
+        let mut crashes = 0;
+        'restart: loop {
+            let mut st = PartitionState::new(0, settings(), store.restored(lateness), &w.dims);
+            let from = (st.next - 7).max(0) as usize;
+            let mut counted_here: BTreeMap<i64, CountedPurchase> = BTreeMap::new();
+            let mut flight: Option<Flight> = None;
+            let mut since_flush = 0;
+            let mut offset = from;
+            loop {
+                if let Some(r) = w.log.get(offset) {
+                    let out = st.process(offset as i64, Some(r.kafka_ms), &r.payload, &w.dims);
+                    if out == Outcome::Counted {
+                        let p =
+                            lakeshop_model::parse_purchase(&r.payload, Utc::now()).expect("valid");
+                        let keys = w.dims.keys(&p);
+                        counted_here.insert(
+                            offset as i64,
+                            CountedPurchase {
+                                purchase_id: p.purchase_id.to_string(),
+                                offset: offset as i64,
+                                timestamp: p.timestamp.timestamp(),
+                                content_hash: content_hash(&p),
+                                seller_key: keys.seller.to_string(),
+                                category: keys.category.to_string(),
+                                product_key: keys.product.to_string(),
+                            },
+                        );
+                    }
+                    offset += 1;
+                    since_flush += 1;
+                }
+                let at_end = offset >= w.log.len();
+                // The flight is answered.
+                let answered = flight.as_mut().is_some_and(|f| {
+                    f.answer_in = f.answer_in.saturating_sub(1);
+                    f.answer_in == 0 || at_end
+                });
+                if answered {
+                    let f = flight.take().expect("in flight");
+                    if f.fails {
+                        // Any part may have landed; never the checkpoint.
+                        if rng.random_bool(0.5) {
+                            store.put_windows(f.windows);
+                        }
+                        if rng.random_bool(0.5) {
+                            store.put_rejects(f.rejects);
+                        }
+                        let landed = rng.random_bool(0.5);
+                        for (o, c) in f.counted {
+                            if landed {
+                                store.counted.entry(o).or_insert(c.clone());
+                            }
+                            counted_here.entry(o).or_insert(c);
+                        }
+                        st.flush_failed();
+                    } else {
+                        store.put_windows(f.windows);
+                        store.put_rejects(f.rejects);
+                        for (o, c) in f.counted {
+                            store.counted.entry(o).or_insert(c);
+                        }
+                        store.checkpoint = Some(f.checkpoint);
+                        st.flush_succeeded();
+                        st.evict();
+                    }
+                }
+                // A crash, in flight or not: what landed stays, memory is gone.
+                if crashes < 6 && rng.random_bool(0.004) {
+                    crashes += 1;
+                    if let Some(f) = flight.take() {
+                        match rng.random_range(0..3) {
+                            // Nothing landed.
+                            0 => {}
+                            // The windows landed, not the checkpoint.
+                            1 => store.put_windows(f.windows),
+                            // All of it landed; the answer never came.
+                            _ => {
+                                store.put_windows(f.windows);
+                                store.put_rejects(f.rejects);
+                                for (o, c) in f.counted {
+                                    store.counted.entry(o).or_insert(c);
+                                }
+                                store.checkpoint = Some(f.checkpoint);
+                            }
+                        }
+                    }
+                    continue 'restart;
+                }
+                let pending = st.is_dirty() || store.checkpoint.map(|c| c.0) != Some(st.next);
+                if flight.is_none() && (since_flush >= flush_every || at_end) && pending {
+                    since_flush = 0;
+                    st.take_purchases(&mut RowBinary::new());
+                    flight = Some(Flight {
+                        windows: st.dirty_window_states(),
+                        rejects: st.dirty_reject_states(),
+                        counted: std::mem::take(&mut counted_here),
+                        checkpoint: (st.next, st.watermark, st.clock),
+                        answer_in: rng.random_range(1..40),
+                        fails: rng.random_bool(0.3),
+                    });
+                    st.begin_flush();
+                }
+                if at_end && flight.is_none() && !pending {
+                    break 'restart;
+                }
+            }
+        }
+        assert_eq!(
+            store.totals(),
+            w.expected,
+            "round {round}: flush every {flush_every}, {crashes} crashes"
+        );
+        assert_eq!(store.reject_totals(), w.expected_rejects, "round {round}");
+    }
 }
