@@ -57,7 +57,7 @@ fuzz-api: up ## Schemathesis against a running `lakeshop serve`, 500 examples pe
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream --bench api
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -4,8 +4,9 @@
 # there). Usage: infra/deps.sh [build|stack|test|bench|all]   (default: all)
 #   build  compilers' friends for the Rust workspace's -sys crates
 #   stack  what infra/up.sh runs: ClickHouse 18.16 from Debian, PostgreSQL client, venv, curl
-#   test   build packages plus what tests drive: curl, headless Chromium (the live page)
-#   bench  build packages plus GNU time (CPU seconds and peak RSS in `make bench`)
+#   test   build packages plus what tests drive: curl, headless Chromium (the live page),
+#          openssl (test certificates), Prometheus (scrapes the commands)
+#   bench  build packages plus GNU time (CPU seconds and peak RSS in `make bench`) and wrk
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,10 +14,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BUILD_PKGS=(build-essential cmake pkg-config libssl-dev libsasl2-dev libcurl4-openssl-dev zlib1g-dev
   protobuf-compiler)
 STACK_PKGS=(ca-certificates curl procps python3-venv clickhouse-server clickhouse-client)
-# Tests: the end-to-end API test talks HTTP with curl and renders the live page in Chromium.
-TEST_PKGS=(curl chromium)
-# Benchmarks: GNU time for CPU seconds and peak RSS of each process measured.
-BENCH_PKGS=(time)
+# Tests: the end-to-end API test talks HTTP with curl, renders the live page in Chromium, makes
+# its TLS certificates with openssl, and has the real Prometheus scrape the commands.
+TEST_PKGS=(curl chromium openssl prometheus)
+# Benchmarks: GNU time for CPU seconds and peak RSS of each process measured; wrk against the API.
+BENCH_PKGS=(time wrk)
 # Any PostgreSQL client version will do (the machine's cluster brings its own).
 command -v pg_isready >/dev/null && command -v psql >/dev/null || STACK_PKGS+=(postgresql-client)
 
@@ -70,4 +72,8 @@ log "installed: ${missing[*]}"
 # run installed it (a service someone already had is left alone).
 if [[ " ${missing[*]} " == *" clickhouse-server "* ]] && [[ -d /run/systemd/system ]]; then
   "${SUDO[@]}" systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
+fi
+# The same for the packaged Prometheus (port 9090): `make up` starts its own on loopback.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+  "${SUDO[@]}" systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi

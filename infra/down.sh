@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stop what infra/up.sh started, and nothing else: the processes named by the PID files in the
-# state dir (broker first, then S3, then ClickHouse). Services started by someone else, and the
+# state dir (broker first, then S3, then ClickHouse, then Prometheus when it was started). Services started by someone else, and the
 # system PostgreSQL cluster, are left running. Data: ClickHouse keeps its data in the state dir;
 # the S3 server (moto) keeps objects in memory, so its buckets, and the broker's s3:// data, go.
 set -euo pipefail
@@ -24,4 +24,7 @@ stop_one() {
 stop_one kafka 20
 stop_one s3 15
 stop_one clickhouse 60
+if [[ -n "$(read_pid prometheus)" ]]; then
+  stop_one prometheus 15
+fi
 ok postgresql "left running (system cluster)"

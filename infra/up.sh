@@ -276,8 +276,32 @@ up_clickhouse() {
   ok clickhouse "http://$BIND_HOST:$CH_HTTP_PORT (native $BIND_HOST:$CH_TCP_PORT)  $note"
 }
 
+# --- Prometheus (optional: LAKESHOP_PROMETHEUS=1) --------------------------------------------------
+# Debian's prometheus on loopback, scraping lakeshop's long-running commands on their default
+# ports (infra/prometheus-local.yml); data in the state dir.
+up_prometheus() {
+  local note port="${LAKESHOP_PROMETHEUS_PORT:-9090}"
+  if port_open "$port"; then
+    note="already running$(owner_note prometheus)"
+  else
+    command -v prometheus >/dev/null || "$INFRA_DIR/deps.sh" test
+    pid_alive prometheus && stop_bg prometheus 10
+    mkdir -p "$STATE_DIR/prometheus"
+    start_bg prometheus "$STATE_DIR/prometheus" prometheus \
+      --config.file="$INFRA_DIR/prometheus-local.yml" \
+      --web.listen-address="$BIND_HOST:$port" \
+      --storage.tsdb.path="$STATE_DIR/prometheus"
+    wait_port "$port" 60 prometheus || die "Prometheus did not come up on $BIND_HOST:$port (see $LOG_DIR/prometheus.log)"
+    note="started (pid $(read_pid prometheus)), scraping infra/prometheus-local.yml"
+  fi
+  ok prometheus "http://$BIND_HOST:$port  $note"
+}
+
 up_postgres
 up_s3
 up_clickhouse
 up_kafka
 up_topics
+if [[ "${LAKESHOP_PROMETHEUS:-0}" == 1 ]]; then
+  up_prometheus
+fi

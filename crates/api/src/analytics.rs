@@ -25,13 +25,15 @@ use crate::AppState;
 const MAX_RANGE_DAYS: i64 = 3660;
 
 /// Report names in URLs, as `lakeshop report` names them.
-const REPORTS: [(&str, Report); 6] = [
+const REPORTS: [(&str, Report); 8] = [
     ("daily", Report::Daily),
     ("products", Report::Products),
     ("categories", Report::Categories),
     ("shops", Report::Shops),
     ("avg-check", Report::AvgCheck),
     ("top", Report::Top),
+    ("monthly", Report::Monthly),
+    ("yearly", Report::Yearly),
 ];
 
 /// The reports, as `lakeshop report` names them (documentation of the path parameter).
@@ -45,6 +47,8 @@ pub enum ReportName {
     Shops,
     AvgCheck,
     Top,
+    Monthly,
+    Yearly,
 }
 
 /// Days a ClickHouse `Date` holds on every supported version.
@@ -227,7 +231,7 @@ pub async fn report(
     }
     let table = state
         .clickhouse
-        .report(*report, from, to)
+        .report(*report, from, to, None)
         .await
         .map_err(|e| ApiError::unavailable("clickhouse", &e))?;
     let truncated = table.rows.len() > limit;

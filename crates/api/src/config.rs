@@ -1,7 +1,9 @@
-//! `[api]` of the pipeline file: where `lakeshop serve` listens, its tokens and its limits.
+//! `[api]` of the pipeline file: where `lakeshop serve` listens (HTTP or HTTPS), its tokens
+//! and its limits.
 
 use lakeshop_service::Sensitive;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -38,6 +40,15 @@ pub struct ApiConfig {
     pub remember_purchase_ids: usize,
     /// Most rows an analytics answer holds (`limit` may ask for fewer). Default 100000.
     pub max_rows: usize,
+    /// Requests per second each client may send (by bearer token, else by IP address);
+    /// over it the answer is 429 with `Retry-After`. 0 turns limits off. Default 0.
+    pub rate_limit: f64,
+    /// Requests a client may send at once above the rate. Default 100.
+    pub rate_limit_burst: u32,
+    /// Serve HTTPS with this PEM certificate chain (with `tls_key_file`). Default: HTTP.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +64,10 @@ impl Default for ApiConfig {
             idempotent_producer: true,
             remember_purchase_ids: 1_000_000,
             max_rows: 100_000,
+            rate_limit: 0.0,
+            rate_limit_burst: 100,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -69,6 +84,16 @@ impl ApiConfig {
         if self.max_body_bytes < 1024 {
             return Err(Error::Config(
                 "api.max_body_bytes: must be at least 1024".into(),
+            ));
+        }
+        if !(self.rate_limit >= 0.0 && self.rate_limit.is_finite()) {
+            return Err(Error::Config(
+                "api.rate_limit: must be 0 (off) or a positive rate".into(),
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(Error::Config(
+                "api.tls_cert_file and api.tls_key_file: set both or neither".into(),
             ));
         }
         if self.max_rows == 0 {

@@ -57,7 +57,7 @@ pub struct FieldError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable code: `invalid`, `conflict`, `too_large`, `unsupported_media_type`,
-    /// `unauthorized`, `forbidden`, `not_found`, `unavailable`, `internal`.
+    /// `unauthorized`, `forbidden`, `not_found`, `rate_limited`, `unavailable`, `internal`.
     pub error: String,
     /// What happened, readable.
     pub message: String,
@@ -113,6 +113,11 @@ impl ApiError {
         )
     }
 
+    /// 429 (the caller adds `Retry-After`).
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+    }
+
     /// 401 (with `WWW-Authenticate: Bearer`).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
@@ -136,6 +141,15 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("{dependency} is not available; retry later"),
+        )
+    }
+
+    /// 503 for a dependency that cannot be used at all (not configured).
+    pub fn unavailable_msg(dependency: &str, message: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{dependency}: {message}"),
         )
     }
 

@@ -107,15 +107,48 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// The request's purchases as raw JSON texts, and whether it was an array.
-fn split(body: &[u8], max_batch: usize) -> Result<(bool, Vec<&[u8]>), ApiError> {
+/// 415 unless the request says it sends JSON.
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if is_json(headers) {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(
+            "send Content-Type: application/json",
+        ))
+    }
+}
+
+/// The body, or 413 over the limit.
+pub(crate) fn read_body(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(format!(
+                "the body is larger than {} bytes",
+                state.config.max_body_bytes
+            ))
+        } else {
+            ApiError::invalid(format!("reading the body: {e}"), Vec::new())
+        }
+    })
+}
+
+/// The request's objects as raw JSON texts, and whether it was an array (of at most
+/// `max_batch`; `plural` names them in errors).
+pub(crate) fn split<'a>(
+    body: &'a [u8],
+    max_batch: usize,
+    plural: &str,
+) -> Result<(bool, Vec<&'a [u8]>), ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'[') {
         return Ok((false, vec![body]));
     }
     let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
-            "the body is not a JSON array of purchases",
+            format!("the body is not a JSON array of {plural}"),
             vec![FieldError {
                 index: None,
                 field: None,
@@ -125,11 +158,14 @@ fn split(body: &[u8], max_batch: usize) -> Result<(bool, Vec<&[u8]>), ApiError> 
         )
     })?;
     if items.is_empty() {
-        return Err(ApiError::invalid("the array holds no purchase", Vec::new()));
+        return Err(ApiError::invalid(
+            format!("the array holds no {plural}"),
+            Vec::new(),
+        ));
     }
     if items.len() > max_batch {
         return Err(ApiError::too_large(format!(
-            "{} purchases in one request; at most {max_batch}",
+            "{} {plural} in one request; at most {max_batch}",
             items.len()
         )));
     }
@@ -169,22 +205,9 @@ pub async fn post_purchases(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     state.tokens.require(&headers, Access::Write)?;
-    if !is_json(&headers) {
-        return Err(ApiError::unsupported_media_type(
-            "send Content-Type: application/json",
-        ));
-    }
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(format!(
-                "the body is larger than {} bytes",
-                state.config.max_body_bytes
-            ))
-        } else {
-            ApiError::invalid(format!("reading the body: {e}"), Vec::new())
-        }
-    })?;
-    let (array, items) = split(&body, state.config.max_batch)?;
+    require_json(&headers)?;
+    let body = read_body(&state, body)?;
+    let (array, items) = split(&body, state.config.max_batch, "purchases")?;
     let received = items.len();
     let m = &state.metrics;
 
@@ -303,22 +326,23 @@ mod tests {
 
     #[test]
     fn splits_objects_and_arrays() {
-        let (array, items) = split(br#" {"a":1} "#, 10).expect("object");
+        let (array, items) = split(br#" {"a":1} "#, 10, "purchases").expect("object");
         assert!(!array);
         assert_eq!(items.len(), 1);
-        let (array, items) = split(br#" [ {"a":1}, {"b": [2]} ] "#, 10).expect("array");
+        let (array, items) =
+            split(br#" [ {"a":1}, {"b": [2]} ] "#, 10, "purchases").expect("array");
         assert!(array);
         assert_eq!(items, vec![&br#"{"a":1}"#[..], &br#"{"b": [2]}"#[..]]);
         assert_eq!(
-            split(b"[1,2,3]", 2).err().map(|e| e.status()),
+            split(b"[1,2,3]", 2, "purchases").err().map(|e| e.status()),
             Some(StatusCode::PAYLOAD_TOO_LARGE)
         );
         assert_eq!(
-            split(b"[]", 2).err().map(|e| e.status()),
+            split(b"[]", 2, "purchases").err().map(|e| e.status()),
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
-            split(b"[{", 2)
+            split(b"[{", 2, "purchases")
                 .err()
                 .map(|e| e.body().errors[0].reason.clone()),
             Some("malformed_json".to_string())

@@ -1,7 +1,9 @@
-//! The REST API behind `lakeshop serve`: purchase ingest into Kafka, the analytics reports
+//! The REST API behind `lakeshop serve`: purchase ingest into Kafka, seller, client and
+//! product writes into their sources (PostgreSQL, the source Delta table), rate limits,
+//! HTTPS, the analytics reports
 //! of `lakeshop report` and the live series of the streaming tables, bearer-token auth,
-//! request metrics, the OpenAPI 3.1 document generated from the handlers, and the live
-//! sales page at `/` (embedded HTML that polls the series API).
+//! request metrics, the OpenAPI 3.1 document generated from the handlers with a reader of it
+//! at `/docs`, and the live sales page at `/` (embedded HTML that polls the series API).
 //!
 //! [`Api::router`] is the whole app as an axum [`Router`] (handler tests drive it with
 //! `oneshot`); [`serve`] binds it and drains requests in flight on shutdown. Nothing here
@@ -10,14 +12,17 @@
 pub mod analytics;
 pub mod auth;
 pub mod config;
+pub mod dimensions;
 pub mod error;
 pub mod ingest;
+pub mod limit;
 pub mod metrics;
 pub mod openapi;
 mod recent;
+pub mod tls;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use lakeshop_clickhouse::ClickHouse;
 use prometheus_client::registry::Registry;
@@ -43,6 +48,8 @@ pub struct AppState {
     timezone: chrono_tz::Tz,
     metrics: ApiMetrics,
     recent: RecentIds,
+    writers: dimensions::Writers,
+    limiter: limit::RateLimiter,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,6 +80,10 @@ pub struct ApiParts {
     pub clickhouse: ClickHouse,
     /// The business time zone (default days of the reports).
     pub timezone: chrono_tz::Tz,
+    /// Where `/api/sellers` and `/api/clients` write (`None`: they answer 503).
+    pub postgres: Option<dimensions::PostgresTarget>,
+    /// Where `/api/products` writes (`None`: it answers 503).
+    pub products: Option<dimensions::ProductsTarget>,
 }
 
 impl std::fmt::Debug for ApiParts {
@@ -82,6 +93,8 @@ impl std::fmt::Debug for ApiParts {
             .field("purchases_topic", &self.purchases_topic)
             .field("clickhouse", &self.clickhouse)
             .field("timezone", &self.timezone)
+            .field("postgres", &self.postgres)
+            .field("products", &self.products)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +109,7 @@ impl Api {
             .create()
             .map_err(|source| Error::Producer { source })?;
         let recent = RecentIds::new(config.remember_purchase_ids);
+        let limiter = limit::RateLimiter::new(config.rate_limit, config.rate_limit_burst);
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -106,6 +120,8 @@ impl Api {
                 timezone: parts.timezone,
                 metrics: ApiMetrics::default(),
                 recent,
+                writers: dimensions::Writers::new(parts.postgres, parts.products),
+                limiter,
             }),
         })
     }
@@ -140,10 +156,39 @@ impl Api {
                 "/api/purchases",
                 post(ingest::post_purchases).layer(DefaultBodyLimit::max(body_limit)),
             )
+            .route(
+                "/api/sellers",
+                post(dimensions::post_sellers).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route(
+                "/api/sellers/{id}",
+                put(dimensions::put_seller).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route(
+                "/api/clients",
+                post(dimensions::post_clients).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route(
+                "/api/clients/{id}",
+                put(dimensions::put_client).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route(
+                "/api/products",
+                post(dimensions::post_products).layer(DefaultBodyLimit::max(body_limit)),
+            )
+            .route(
+                "/api/products/{id}",
+                put(dimensions::put_product).layer(DefaultBodyLimit::max(body_limit)),
+            )
             .route("/api/analytics/series", get(analytics::series))
             .route("/api/analytics/{report}", get(analytics::report))
             .route("/openapi.json", get(openapi::document))
             .route("/", get(live_page))
+            .route("/docs", get(docs_page))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                limit::limit,
+            ))
             .route_layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 metrics::track,
@@ -158,11 +203,19 @@ async fn live_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("live.html"))
 }
 
-/// Serves `app` on `addr` until `stop` completes, then lets requests in flight finish.
-/// `bound` is called with the address really bound (the port when `addr` asks for 0).
+/// `GET /docs`: a reader of `/openapi.json` (operations by tag, parameters, bodies,
+/// responses, and a form to try the read operations), embedded like the live page.
+async fn docs_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("docs.html"))
+}
+
+/// Serves `app` on `addr` (HTTPS with `tls`) until `stop` completes, then lets requests in
+/// flight finish. `bound` is called with the address really bound (the port when `addr` asks
+/// for 0). Handlers see the peer's address (`ConnectInfo`, for rate limits).
 pub async fn serve(
     addr: SocketAddr,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     bound: impl FnOnce(SocketAddr),
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
@@ -173,8 +226,19 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
     bound(local);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|source| Error::Serve { source })
+    let app = app.into_make_service_with_connect_info::<tls::PeerAddr>();
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(|source| Error::Serve { source }),
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config)
+                .map_err(|source| Error::Bind { addr, source })?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+                .map_err(|source| Error::Serve { source })
+        }
+    }
 }

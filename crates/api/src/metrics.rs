@@ -38,6 +38,13 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// Labels of the dimension write counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `sellers`, `clients` or `products`.
+    pub kind: String,
+}
+
 /// Labels of the reject counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -66,6 +73,8 @@ pub struct ApiMetrics {
     pub purchases: Family<OutcomeLabels, Counter>,
     /// Rejected purchases by reason.
     pub rejected: Family<ReasonLabels, Counter>,
+    /// Sellers, clients and products written, by kind.
+    pub dimension_rows: Family<KindLabels, Counter>,
 }
 
 impl Default for ApiMetrics {
@@ -77,6 +86,7 @@ impl Default for ApiMetrics {
             produce_seconds: latency_histogram(),
             purchases: Family::default(),
             rejected: Family::default(),
+            dimension_rows: Family::default(),
         }
     }
 }
@@ -115,6 +125,11 @@ impl ApiMetrics {
             "Purchases refused, by reason",
             self.rejected.clone(),
         );
+        r.register(
+            "dimension_rows",
+            "Sellers, clients and products written to their sources, by kind",
+            self.dimension_rows.clone(),
+        );
     }
 
     pub(crate) fn purchases(&self, outcome: &str, n: usize) {
@@ -125,6 +140,12 @@ impl ApiMetrics {
                 })
                 .inc_by(n as u64);
         }
+    }
+
+    pub(crate) fn dimension_writes(&self, kind: &str, n: usize) {
+        self.dimension_rows
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc_by(n as u64);
     }
 
     pub(crate) fn rejected(&self, reason: &str) {

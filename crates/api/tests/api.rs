@@ -1,6 +1,7 @@
 //! The API's handlers through `Router` + `oneshot`, against the local broker and ClickHouse:
 //! what `POST /api/purchases` puts on the topic (and what it refuses), auth, limits, the
-//! reports and the live series with their exact money, JSON and CSV, and `/openapi.json`.
+//! reports and the live series with their exact money, JSON and CSV, `/openapi.json`, and
+//! what dimension writes check before they reach a source.
 
 use anyhow::{Context as _, Result};
 use axum::body::Body;
@@ -71,6 +72,8 @@ async fn world(config: ApiConfig) -> Result<World> {
             purchases_topic: topic.clone(),
             clickhouse: ch.clone(),
             timezone: chrono_tz::UTC,
+            postgres: None,
+            products: None,
         },
     )?;
     Ok(World {
@@ -379,6 +382,12 @@ async fn openapi_document_lists_every_route() -> Result<()> {
         "/api/purchases",
         "/api/analytics/{report}",
         "/api/analytics/series",
+        "/api/sellers",
+        "/api/sellers/{id}",
+        "/api/clients",
+        "/api/clients/{id}",
+        "/api/products",
+        "/api/products/{id}",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
@@ -400,5 +409,105 @@ async fn openapi_document_lists_every_route() -> Result<()> {
     let (s, _, b) = send(&w.app, get("/nowhere", None)?).await?;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(json_of(&b)?["error"], "not_found");
+    Ok(())
+}
+
+fn write_req(
+    method: &str,
+    uri: &str,
+    body: &str,
+    token: Option<&str>,
+    ctype: &str,
+) -> Result<Request<Body>> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, ctype);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    Ok(b.body(Body::from(body.to_string()))?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dimension_writes_check_auth_type_and_fields_before_any_source() -> Result<()> {
+    // No PostgreSQL and no product table configured: whatever passes the checks gets 503.
+    let w = world(ApiConfig {
+        max_batch: 2,
+        ..ApiConfig::default()
+    })
+    .await?;
+    let seller =
+        r#"{"seller_id":"6a3f2b1c-1d2e-4f5a-8b9c-0d1e2f3a4b5c","name":"Shop","region":"EU"}"#;
+    let json = "application/json";
+    let code = |b: &[u8]| json_of(b).map(|v| v["error"].as_str().unwrap_or("").to_string());
+    for (method, uri) in [
+        ("POST", "/api/sellers"),
+        ("PUT", "/api/sellers/6a3f2b1c-1d2e-4f5a-8b9c-0d1e2f3a4b5c"),
+    ] {
+        let (s, _, b) = send(&w.app, write_req(method, uri, seller, None, json)?).await?;
+        assert_eq!(
+            (s, code(&b)?.as_str()),
+            (StatusCode::UNAUTHORIZED, "unauthorized")
+        );
+        let (s, _, _) = send(&w.app, write_req(method, uri, seller, Some(READER), json)?).await?;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        let (s, _, _) = send(
+            &w.app,
+            write_req(method, uri, seller, Some(WRITER), "text/plain")?,
+        )
+        .await?;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (s, _, b) = send(&w.app, write_req(method, uri, seller, Some(WRITER), json)?).await?;
+        assert_eq!(
+            (s, code(&b)?.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        );
+    }
+    // Every fault of every object, with its index.
+    let bad = r#"[{"client_id":"x","first_name":"A","last_name":"B","email":"a@b","address":"r"},
+                  {"client_id":"6a3f2b1c-1d2e-4f5a-8b9c-0d1e2f3a4b5c","first_name":"A","last_name":"B","email":"nope","address":""}]"#;
+    let (s, _, b) = send(
+        &w.app,
+        write_req("POST", "/api/clients", bad, Some(WRITER), json)?,
+    )
+    .await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let faults: Vec<(u64, String, String)> = json_of(&b)?["errors"]
+        .as_array()
+        .context("errors")?
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap_or(99),
+                e["field"].as_str().unwrap_or("").into(),
+                e["reason"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        faults,
+        vec![
+            (0, "client_id".into(), "bad_uuid".into()),
+            (1, "email".into(), "wrong_type".into()),
+            (1, "address".into(), "missing_field".into()),
+        ]
+    );
+    // Over max_batch: 413; a product with a third decimal: 400 price_scale.
+    let three = format!("[{seller},{seller},{seller}]");
+    let (s, _, _) = send(
+        &w.app,
+        write_req("POST", "/api/sellers", &three, Some(WRITER), json)?,
+    )
+    .await?;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let product = r#"{"product_id":"6a3f2b1c-1d2e-4f5a-8b9c-0d1e2f3a4b5c","name":"Mug","category":"home","price":1.005,"available_stock":1,"seller_id":"6a3f2b1c-1d2e-4f5a-8b9c-0d1e2f3a4b5c"}"#;
+    let (s, _, b) = send(
+        &w.app,
+        write_req("POST", "/api/products", product, Some(WRITER), json)?,
+    )
+    .await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(&b)?["errors"][0]["reason"], "price_scale");
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Wiring of `serve`: the API of `lakeshop_api` with `/metrics` and `/healthz` (the broker and
+//! Wiring of `serve`: the API of `lakeshop_api` (writing sellers and clients to the pipeline's
+//! PostgreSQL and products to its source table) with `/metrics` and `/healthz` (the broker and
 //! ClickHouse) on one listener, until SIGTERM or Ctrl-C, then requests in flight finish.
 
 use anyhow::{Context as _, Result};
@@ -16,6 +17,11 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?}", api_config.listen))?;
+    let tls = match (&api_config.tls_cert_file, &api_config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(lakeshop_api::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let ch = crate::analytics::clickhouse(config)?;
     let api = lakeshop_api::Api::new(
         api_config,
@@ -24,6 +30,16 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
             purchases_topic: config.kafka.topic("purchases"),
             clickhouse: ch.clone(),
             timezone: config.timezone()?,
+            postgres: Some(lakeshop_api::dimensions::PostgresTarget {
+                url: lakeshop_service::Sensitive::new(config.postgres.url.clone()),
+                tls: config.postgres.tls_mode(),
+                clients_table: config.postgres.clients_table.clone(),
+                sellers_table: config.postgres.sellers_table.clone(),
+            }),
+            products: Some(lakeshop_api::dimensions::ProductsTarget {
+                uri: config.products.uri.clone(),
+                storage_options: config.s3.storage_options(),
+            }),
         },
     )?;
     if !api.writes_enabled() {
@@ -53,9 +69,11 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
     lakeshop_api::serve(
         addr,
         app,
+        tls,
         |bound| {
             tracing::info!(
                 addr = %bound,
+                scheme,
                 reads_need_token = api.reads_need_token(),
                 "serving the API, /openapi.json, /metrics and /healthz"
             )

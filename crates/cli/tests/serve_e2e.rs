@@ -3,7 +3,8 @@
 //! purchase once with its exact revenue; the live page, rendered by headless Chromium, shows
 //! them and then the purchases posted after (a screenshot is left in the target dir).
 //! `/healthz` names both dependencies, `/metrics` counts the requests by route and status,
-//! and SIGTERM stops the server cleanly.
+//! and SIGTERM stops the server cleanly. Sellers, clients and products written through the
+//! API reach their sources and, through the extracts, the stage.
 
 mod batch_support;
 
@@ -55,9 +56,14 @@ const CHROMIUM_FLAGS: [&str; 5] = [
 
 /// The live page's DOM after its first refresh, rendered by headless Chromium.
 fn render(base: &str) -> Result<String> {
+    render_url(&format!("{base}/"))
+}
+
+/// A page's DOM after its scripts ran, rendered by headless Chromium.
+fn render_url(url: &str) -> Result<String> {
     let out = Command::new("chromium")
         .args(CHROMIUM_FLAGS)
-        .args(["--dump-dom", &format!("{base}/")])
+        .args(["--dump-dom", url])
         .output()
         .context("running chromium (infra/deps.sh test installs it)")?;
     anyhow::ensure!(
@@ -173,14 +179,27 @@ impl Served {
     }
 }
 
-/// A world with a purchases topic, a migrated ClickHouse database, one seller and one
-/// product in the stage, and `[api]` reading its write token from `E2E_WRITE_TOKENS`.
+/// A fresh PostgreSQL database with the sellers and clients tables; its URL.
+async fn source_database() -> Result<String> {
+    let db = lakeshop_testkit::fresh_database("api_sources").await?;
+    let pg = lakeshop_testkit::pg(&db).await?;
+    pg.batch_execute(include_str!("../../../schemas/postgres/sellers.sql"))
+        .await?;
+    pg.batch_execute(include_str!("../../../schemas/postgres/clients.sql"))
+        .await?;
+    Ok(db)
+}
+
+/// A world with a purchases topic, a migrated ClickHouse database, source tables in a fresh
+/// PostgreSQL database, one seller and one product in the stage, and `[api]` reading its
+/// write token from `E2E_WRITE_TOKENS`.
 async fn api_world() -> Result<World> {
     let topic = lakeshop_testkit::unique("purchases");
     lakeshop_testkit::create_topic(&topic, 3).await?;
     let world = World::new(
         StageKind::Local,
         Setup {
+            pg_url: Some(source_database().await?),
             purchases_topic: Some(topic),
             ..Setup::default()
         },
@@ -282,6 +301,20 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
     );
     eprintln!("live page screenshot: {}", shot.display());
 
+    // /docs renders every operation of /openapi.json.
+    let dom = render_url(&format!("{base}/docs"))?;
+    for want in [
+        ">/api/purchases<",
+        ">/api/sellers/{id}<",
+        ">/api/analytics/series<",
+        ">/api/products<",
+        ">POST<",
+        ">PUT<",
+        ">GET<",
+    ] {
+        assert!(dom.contains(want), "{want} in /docs:\n{dom}");
+    }
+
     let (s, metrics) = http("GET", &format!("{base}/metrics"), None)?;
     assert_eq!(s, 200);
     for line in [
@@ -292,6 +325,315 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
     }
 
+    server.stop()?;
+    Ok(())
+}
+
+/// The stage's text of `column` for each row of `sql` (one column), sorted.
+async fn stage_texts(
+    world: &World,
+    table: lakeshop_stage::Table,
+    sql: &str,
+) -> Result<Vec<String>> {
+    use deltalake::arrow::array::{Array as _, AsArray as _};
+    let mut out = Vec::new();
+    for b in batch_support::stage_query(&world.stage(), &[table], sql).await? {
+        let c = deltalake::arrow::compute::cast(
+            b.column(0),
+            &deltalake::arrow::datatypes::DataType::Utf8,
+        )?;
+        let c = c.as_string::<i32>();
+        out.extend((0..c.len()).map(|i| c.value(i).to_string()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sellers and clients written through the API land in PostgreSQL and products in the source
+/// Delta table (on S3); the extracts stage them. An update moves a seller's `updated_at` (the
+/// next incremental extract takes the new name) and an identical re-write does not; a product
+/// update is a new source version that `extract products` takes. Invalid objects are refused
+/// field by field and nothing of their request is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn sellers_clients_and_products_written_through_the_api_reach_the_stage() -> Result<()> {
+    let db = source_database().await?;
+    let pg = lakeshop_testkit::pg(&db).await?;
+    let topic = lakeshop_testkit::unique("purchases");
+    lakeshop_testkit::create_topic(&topic, 1).await?;
+    let world = World::new(
+        StageKind::Local,
+        Setup {
+            pg_url: Some(db),
+            purchases_topic: Some(topic),
+            ..Setup::default()
+        },
+    )?;
+    let mut text = std::fs::read_to_string(&world.pipeline)?;
+    text.push_str("[api]\nwrite_tokens = \"${E2E_WRITE_TOKENS:-}\"\n");
+    std::fs::write(&world.pipeline, text)?;
+    let server = Served::start(&world)?;
+    let base = server.base.clone();
+    let seller =
+        |name: &str| format!(r#"{{"seller_id":"{SELLER}","name":"{name}","region":"EU"}}"#);
+    let updated_at = || async {
+        let row = pg
+            .query_one(
+                "SELECT updated_at, name FROM sellers WHERE seller_id = $1::text::uuid",
+                &[&SELLER],
+            )
+            .await?;
+        anyhow::Ok((
+            row.get::<_, chrono::DateTime<chrono::Utc>>(0),
+            row.get::<_, String>(1),
+        ))
+    };
+
+    // An invalid array: every fault listed, nothing written.
+    let bad = format!(
+        r#"[{{"seller_id":"{SELLER}","name":"Shop","region":"EU"}},{{"seller_id":"nope","name":"","region":"EU"}}]"#
+    );
+    let (s, body) = http("POST", &format!("{base}/api/sellers"), Some(&bad))?;
+    assert_eq!(s, 400, "{body}");
+    let err: Value = serde_json::from_str(&body)?;
+    let faults: Vec<(u64, String, String)> = err["errors"]
+        .as_array()
+        .context("errors")?
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap_or(99),
+                e["field"].as_str().unwrap_or("").to_string(),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        faults,
+        vec![
+            (1, "seller_id".into(), "bad_uuid".into()),
+            (1, "name".into(), "missing_field".into())
+        ],
+        "{body}"
+    );
+    let n: i64 = pg
+        .query_one("SELECT count(*) FROM sellers", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 0, "a refused request writes nothing");
+
+    // Insert by PUT, then the same again, then a real change.
+    let put = |body: String| http("PUT", &format!("{base}/api/sellers/{SELLER}"), Some(&body));
+    let (s, body) = put(seller("Shop"))?;
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&body)?["inserted"].clone()),
+        (200, 1.into()),
+        "{body}"
+    );
+    let (first, _) = updated_at().await?;
+    let (s, body) = put(seller("Shop"))?;
+    assert_eq!(
+        (s, serde_json::from_str::<Value>(&body)?["updated"].clone()),
+        (200, 1.into()),
+        "{body}"
+    );
+    assert_eq!(
+        updated_at().await?.0,
+        first,
+        "an identical write does not move updated_at"
+    );
+    assert_eq!(
+        world.json(&["extract", "sellers"])?["inserted"],
+        1,
+        "first extract"
+    );
+    let (s, body) = put(seller("Shop Renamed"))?;
+    assert_eq!(s, 200, "{body}");
+    let (second, name) = updated_at().await?;
+    assert!(
+        second > first && name == "Shop Renamed",
+        "a change moves updated_at"
+    );
+    world.run(&["extract", "sellers"])?;
+    assert_eq!(
+        stage_texts(
+            &world,
+            lakeshop_stage::Table::Sellers,
+            "SELECT name FROM sellers"
+        )
+        .await?,
+        vec!["Shop Renamed".to_string()],
+        "the incremental extract took the change"
+    );
+
+    // Clients: an array of two.
+    let clients = format!(
+        r#"[{{"client_id":"{CLIENT}","first_name":"Ada","last_name":"L","email":"ada@example.com","address":"1 Road"}},
+            {{"client_id":"{}","first_name":"Bob","last_name":"M","email":"bob@example.com","address":"2 Road","registration_date":"2024-05-01T10:00:00Z"}}]"#,
+        uuid::Uuid::from_u128(42)
+    );
+    let (s, body) = http("POST", &format!("{base}/api/clients"), Some(&clients))?;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)?["inserted"],
+        2,
+        "{body}"
+    );
+    world.run(&["extract", "clients"])?;
+    assert_eq!(
+        stage_texts(
+            &world,
+            lakeshop_stage::Table::Clients,
+            "SELECT email FROM clients"
+        )
+        .await?,
+        vec!["ada@example.com".to_string(), "bob@example.com".to_string()]
+    );
+
+    // Products: created in the source table, then a price change as a new version.
+    let product = |price: &str| {
+        format!(
+            r#"{{"product_id":"{PRODUCT}","name":"Lamp","category":"lighting","price":{price},"available_stock":5,"seller_id":"{SELLER}"}}"#
+        )
+    };
+    let (s, body) = http(
+        "POST",
+        &format!("{base}/api/products"),
+        Some(&product("12.5")),
+    )?;
+    assert_eq!(s, 200, "{body}");
+    let v0 = serde_json::from_str::<Value>(&body)?["version"]
+        .as_u64()
+        .context("version")?;
+    world.run(&["extract", "products"])?;
+    let price = "SELECT CAST(price AS VARCHAR) FROM products";
+    assert_eq!(
+        stage_texts(&world, lakeshop_stage::Table::Products, price).await?,
+        vec!["12.50".to_string()]
+    );
+    let (s, body) = http(
+        "PUT",
+        &format!("{base}/api/products/{PRODUCT}"),
+        Some(&product("9.99")),
+    )?;
+    assert_eq!(s, 200, "{body}");
+    let receipt: Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        (receipt["updated"].as_u64(), receipt["version"].as_u64()),
+        (Some(1), Some(v0 + 1)),
+        "{body}"
+    );
+    world.run(&["extract", "products"])?;
+    assert_eq!(
+        stage_texts(&world, lakeshop_stage::Table::Products, price).await?,
+        vec!["9.99".to_string()]
+    );
+
+    let (s, metrics) = http("GET", &format!("{base}/metrics"), None)?;
+    assert_eq!(s, 200);
+    for line in [
+        r#"lakeshop_api_dimension_rows_total{kind="sellers"} 3"#,
+        r#"lakeshop_api_dimension_rows_total{kind="clients"} 2"#,
+        r#"lakeshop_api_dimension_rows_total{kind="products"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
+    server.stop()?;
+    Ok(())
+}
+
+/// `curl ARGS URL` → (exit success, status or 0, headers and body).
+fn curl(args: &[&str], url: &str) -> Result<(bool, u16, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Ok((
+        out.status.success(),
+        status.trim().parse().unwrap_or(0),
+        body.to_string(),
+    ))
+}
+
+/// `serve` over HTTPS with a certificate made here (openssl), checked by curl against that
+/// CA; plain HTTP to the port gets no answer. With `rate_limit` on, a client over its burst
+/// gets 429 with `Retry-After`, another client (token) still gets through.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_speaks_https_and_limits_each_clients_rate() -> Result<()> {
+    let world = api_world().await?;
+    let dir = world.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=lakeshop-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("running openssl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = std::fs::read_to_string(&world.pipeline)?;
+    text.push_str(&format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nrate_limit = 0.1\nrate_limit_burst = 3\n",
+        cert.display(),
+        key.display()
+    ));
+    std::fs::write(&world.pipeline, text)?;
+    let server = Served::start(&world)?;
+    let https = server.base.replace("http://", "https://");
+    let ca = cert.to_string_lossy().to_string();
+
+    // Without the CA, curl refuses the certificate; with it, the answer comes over TLS.
+    let (ok, _, _) = curl(&[], &format!("{https}/openapi.json"))?;
+    assert!(!ok, "an unknown CA is refused");
+    let (ok, status, _) = curl(&["--cacert", &ca], &format!("{https}/openapi.json"))?;
+    assert!(ok && status == 200, "HTTPS with the CA: {status}");
+    // Plain HTTP to the TLS port: no HTTP answer.
+    let (_, status, _) = curl(
+        &["--max-time", "5"],
+        &format!("{}/openapi.json", server.base),
+    )?;
+    assert_ne!(status, 200, "plain HTTP must not be served");
+
+    // The burst of 3 is spent (one request above): two more pass, the next is limited.
+    for _ in 0..2 {
+        let (_, status, _) = curl(&["--cacert", &ca], &format!("{https}/openapi.json"))?;
+        assert_eq!(status, 200);
+    }
+    let (_, status, answer) = curl(&["--cacert", &ca], &format!("{https}/openapi.json"))?;
+    assert_eq!(status, 429, "{answer}");
+    assert!(
+        answer
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("retry-after: ")),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""error":"rate_limited""#), "{answer}");
+    // Another client (its own token) has its own bucket; /metrics is never limited.
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (_, status, _) = curl(
+        &["--cacert", &ca, "-H", &auth],
+        &format!("{https}/openapi.json"),
+    )?;
+    assert_eq!(status, 200);
+    let (_, status, _) = curl(&["--cacert", &ca], &format!("{https}/metrics"))?;
+    assert_eq!(status, 200);
     server.stop()?;
     Ok(())
 }
@@ -359,15 +701,100 @@ async fn schemathesis_finds_no_server_error_and_no_spec_violation() -> Result<()
         .find(|e| e.file_name().to_string_lossy().ends_with(".xml"))
         .context("no JUnit report")?;
     let junit = std::fs::read_to_string(junit.path())?;
-    for op in [
+    let ops = [
         "POST /api/purchases",
         "GET /api/analytics/{report}",
         "GET /api/analytics/series",
-    ] {
+        "POST /api/sellers",
+        "PUT /api/sellers/{id}",
+        "POST /api/clients",
+        "PUT /api/clients/{id}",
+        "POST /api/products",
+        "PUT /api/products/{id}",
+    ];
+    for op in ops {
         assert!(junit.contains(op), "{op} in the JUnit report:\n{junit}");
     }
-    assert!(text.contains("Tested: 3"), "{text}");
+    assert!(text.contains(&format!("Tested: {}", ops.len())), "{text}");
     Ok(())
+}
+
+/// Debian's Prometheus on a free loopback port, scraping the given servers every second.
+struct Prometheus {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, jobs: &[(&str, &Served)]) -> Result<Self> {
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        for (job, s) in jobs {
+            let target = s.base.trim_start_matches("http://");
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ));
+        }
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running prometheus (infra/deps.sh test installs it)")?;
+        Ok(Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, q: &str) -> Result<Vec<Value>> {
+        let out = Command::new("curl")
+            .args(["-sS", "--get", "--data-urlencode"])
+            .arg(format!("query={q}"))
+            .arg(format!("{}/api/v1/query", self.base))
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        anyhow::ensure!(v["status"] == "success", "{v}");
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Polls `q` until it returns something.
+    fn wait_for(&self, q: &str, within: Duration) -> Result<Vec<Value>> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.query(q) {
+                Ok(r) if !r.is_empty() => return Ok(r),
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                Ok(_) => anyhow::bail!("Prometheus answered nothing to {q}"),
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// The metric names a `/metrics` answer declares (`# TYPE name kind`).
@@ -384,9 +811,10 @@ fn declared(base: &str) -> Result<std::collections::BTreeSet<String>> {
 
 /// Every query of the shipped Grafana dashboard (`infra/grafana/dashboards/lakeshop.json`)
 /// names a metric that `extract purchases --follow`, `stream run` or `serve` really exports
-/// (read from their live `/metrics`), and the dashboard shows each of the three.
+/// (read from their live `/metrics`), and the dashboard shows each of the three. The real
+/// Prometheus server scrapes all three and answers a query for lakeshop metrics of each.
 #[tokio::test(flavor = "multi_thread")]
-async fn grafana_dashboard_names_only_metrics_the_commands_export() -> Result<()> {
+async fn grafana_dashboard_and_prometheus_see_only_what_the_commands_export() -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(
         root.join("infra/grafana/dashboards/lakeshop.json"),
@@ -454,6 +882,32 @@ async fn grafana_dashboard_names_only_metrics_the_commands_export() -> Result<()
         missing.is_empty(),
         "the dashboard queries metrics nobody exports: {missing:?}"
     );
+
+    // The real Prometheus (Debian's) scrapes the three and answers for each.
+    let jobs = [
+        ("serve", &server),
+        ("stream", &loader),
+        ("extract", &extractor),
+    ];
+    let prometheus = Prometheus::start(world.dir.path(), &jobs)?;
+    for (job, _) in jobs {
+        let names = prometheus.wait_for(
+            &format!(r#"group by (__name__) ({{job="{job}", __name__=~"lakeshop_.+"}})"#),
+            Duration::from_secs(60),
+        )?;
+        let names: Vec<&str> = names
+            .iter()
+            .filter_map(|r| r["metric"]["__name__"].as_str())
+            .collect();
+        assert!(
+            !names.is_empty(),
+            "Prometheus holds no lakeshop metric of {job}"
+        );
+        let up = prometheus.query(&format!(r#"up{{job="{job}"}}"#))?;
+        assert_eq!(up[0]["value"][1], "1", "up of {job}: {up:?}");
+        eprintln!("prometheus: job {job}: {} lakeshop metrics", names.len());
+    }
+    drop(prometheus);
     for s in [server, loader, extractor] {
         s.stop()?;
     }

@@ -338,7 +338,7 @@ impl<'a> Layout<'a> {
     }
 }
 
-fn parse_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Rejection> {
+pub(crate) fn parse_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Rejection> {
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::record(
             Reason::PayloadTooLarge,
@@ -358,14 +358,20 @@ fn parse_object<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Rejection>
     serde_json::from_str(text).map_err(|e| Rejection::record(Reason::MalformedJson, e.to_string()))
 }
 
-fn required<'a>(field: &'static str, v: Option<&'a RawValue>) -> Result<&'a RawValue, Rejection> {
+pub(crate) fn required<'a>(
+    field: &'static str,
+    v: Option<&'a RawValue>,
+) -> Result<&'a RawValue, Rejection> {
     match v {
         Some(v) if v.get() != "null" => Ok(v),
         _ => Err(Rejection::field(Reason::MissingField, field, "required")),
     }
 }
 
-fn string_field<'a>(field: &'static str, v: &'a RawValue) -> Result<Cow<'a, str>, Rejection> {
+pub(crate) fn string_field<'a>(
+    field: &'static str,
+    v: &'a RawValue,
+) -> Result<Cow<'a, str>, Rejection> {
     let text = v.get();
     if !text.starts_with('"') {
         return Err(Rejection::field(
@@ -383,7 +389,7 @@ fn string_field<'a>(field: &'static str, v: &'a RawValue) -> Result<Cow<'a, str>
         .map_err(|e| Rejection::field(Reason::MalformedJson, field, e.to_string()))
 }
 
-fn uuid_field(field: &'static str, v: &RawValue) -> Result<Uuid, Rejection> {
+pub(crate) fn uuid_field(field: &'static str, v: &RawValue) -> Result<Uuid, Rejection> {
     let s = string_field(field, v)?;
     // The canonical hyphenated form only, as JSON Schema's `format: uuid`.
     if s.len() != 36 {
@@ -423,14 +429,14 @@ fn integer_field(field: &'static str, v: &RawValue) -> Result<i64, Rejection> {
 }
 
 /// A number, read exactly from its text; ranges are checked later.
-fn number_field(field: &'static str, v: &RawValue) -> Result<Number, Rejection> {
+pub(crate) fn number_field(field: &'static str, v: &RawValue) -> Result<Number, Rejection> {
     read_number(v.get())
         .ok_or_else(|| Rejection::field(Reason::WrongType, field, "expected a number"))
 }
 
 /// The unit price: range first (a price too large or below zero is out of range whatever
 /// its decimals), then scale; returned with exactly two decimals.
-fn price_value(price: Number, text: &str) -> Result<Decimal, Rejection> {
+pub(crate) fn price_value(price: Number, text: &str) -> Result<Decimal, Rejection> {
     let out_of_range = || {
         Rejection::field(
             Reason::PriceOutOfRange,
@@ -468,7 +474,7 @@ fn price_value(price: Number, text: &str) -> Result<Decimal, Rejection> {
     }
 }
 
-fn timestamp_field(
+pub(crate) fn timestamp_field(
     field: &'static str,
     v: &RawValue,
     now: DateTime<Utc>,

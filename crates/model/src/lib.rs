@@ -9,11 +9,15 @@
 pub mod arrow_schema;
 pub mod entities;
 pub mod event;
+pub mod input;
 pub mod money;
 pub mod reason;
 
 pub use entities::{Client, Product, Seller};
 pub use event::{parse_interaction, parse_purchase, Interaction, InteractionKind, Purchase};
+pub use input::{
+    parse_client, parse_product, parse_seller, ClientInput, ProductInput, SellerInput,
+};
 pub use money::{Money, AMOUNT_PRECISION, MAX_PRICE, MONEY_PRECISION, MONEY_SCALE};
 pub use reason::{Reason, Rejection};
 

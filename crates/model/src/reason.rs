@@ -35,11 +35,15 @@ pub enum Reason {
     BadKind,
     /// The same purchase_id arrived before with different content.
     ConflictingDuplicate,
+    /// A text longer than its column allows (dimension writes).
+    TooLong,
+    /// A number outside its field's range other than quantity and price (dimension writes).
+    OutOfRange,
 }
 
 impl Reason {
     /// Every reason, in a stable order.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::MalformedJson,
         Reason::NotAnObject,
         Reason::MissingField,
@@ -54,6 +58,8 @@ impl Reason {
         Reason::PayloadTooLarge,
         Reason::BadKind,
         Reason::ConflictingDuplicate,
+        Reason::TooLong,
+        Reason::OutOfRange,
     ];
 
     /// The snake_case name used in dead letters and metrics.
@@ -73,6 +79,8 @@ impl Reason {
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::BadKind => "bad_kind",
             Reason::ConflictingDuplicate => "conflicting_duplicate",
+            Reason::TooLong => "too_long",
+            Reason::OutOfRange => "out_of_range",
         }
     }
 }
