@@ -6,8 +6,8 @@ Graph:
 
     extract_clients ─────┐                ┌─► check_batch_summary
     extract_sellers ─────┤                │
-    extract_products ────┼─► batch_run ───┤
-    extract_purchases ───┘                └─► reconcile
+    extract_products ────┼─► batch_run ───┼─► reconcile
+    extract_purchases ───┘                └─► maintain_stage
     extract_interactions            (alone: the batch does not read interactions)
 
 The extracts write different stage tables, so they run in parallel; each is incremental and
@@ -16,7 +16,10 @@ whole (idempotent), prints its summary as JSON and pushes it through XCom;
 `check_batch_summary` fails the run when the counts do not add up (rules in lakeshop_dq.py).
 `reconcile` runs `lakeshop reconcile --date DAY --json` (its JSON report goes to the task log)
 and fails the run when the stream's day, hours, sellers, products or categories differ from the
-batch tables in a way dimension drift does not explain (exit status 1).
+batch tables in a way dimension drift does not explain (exit status 1). `maintain_stage`
+compacts every stage table (`stage optimize`) and then deletes the files no version of the
+last 7 days needs (`stage vacuum`, never below the tables' retention); both are safe beside
+running extracts.
 
 Business day: the day before the run's trigger time, in the business time zone. The schedule
 is 00:30 there, so the day is closed; purchases that arrive later are picked up by re-running
@@ -145,7 +148,7 @@ def run_lakeshop(args: list[str], *, capture_stdout: bool = False) -> str:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     if code != 0:
-        hint = " (the command is not built yet)" if code == 2 else ""
+        hint = " (a usage error: check the arguments)" if code == 2 else ""
         raise RuntimeError(f"{' '.join(cmd)} exited with status {code}{hint}")
     return out
 
@@ -209,6 +212,12 @@ def lakeshop_daily():
         day = run_day(get_current_context())
         run_lakeshop(["reconcile", "--date", day, "--json"])
 
+    @task(retries=1, execution_timeout=dt.timedelta(hours=2))
+    def maintain_stage() -> None:
+        """`lakeshop stage optimize`, then `lakeshop stage vacuum` (default retention)."""
+        run_lakeshop(["stage", "optimize"])
+        run_lakeshop(["stage", "vacuum"])
+
     extracts = {
         source: extract.override(task_id=f"extract_{source}")(source) for source in EXTRACTS
     }
@@ -216,6 +225,7 @@ def lakeshop_daily():
     [extracts[source] for source in BATCH_INPUTS] >> summary
     check_batch_summary(summary)
     summary >> reconcile()
+    summary >> maintain_stage()
 
 
 lakeshop_daily()

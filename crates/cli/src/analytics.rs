@@ -236,12 +236,15 @@ pub async fn report(config: &Config, cmd: ReportCommand) -> Result<ExitCode> {
         ReportCommand::Shops(a) => (Report::Shops, a),
         ReportCommand::AvgCheck(a) => (Report::AvgCheck, a),
         ReportCommand::Top(a) => (Report::Top, a),
+        ReportCommand::Monthly(a) => (Report::Monthly, a),
+        ReportCommand::Yearly(a) => (Report::Yearly, a),
     };
     let ReportArgs {
         date,
         from,
         to,
         format,
+        limit,
     } = args;
     let format = match format.as_str() {
         "table" | "json" | "csv" => format,
@@ -252,7 +255,7 @@ pub async fn report(config: &Config, cmd: ReportCommand) -> Result<ExitCode> {
         bail!("--from {from} is after --to {to}");
     }
     let table = clickhouse(config)?
-        .report(report, from, to)
+        .report(report, from, to, limit)
         .await
         .with_context(|| format!("report {report:?} for {from}..{to}"))?;
     let text = match format.as_str() {

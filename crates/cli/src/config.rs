@@ -82,8 +82,8 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// `[postgres]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[postgres]` (`Debug` hides the URL's password)
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// Connection URL. Default `postgres://postgres@127.0.0.1:5432/lakeshop`.
@@ -129,8 +129,8 @@ fn one_i32() -> i32 {
     1
 }
 
-/// `[kafka]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[kafka]` (`Debug` hides the values of secret properties)
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers. Default `127.0.0.1:9092`.
@@ -216,6 +216,19 @@ impl Default for S3Config {
     }
 }
 
+impl PostgresConfig {
+    /// The TLS mode as the PostgreSQL source takes it.
+    pub fn tls_mode(&self) -> lakeshop_sources::postgres::TlsMode {
+        use lakeshop_sources::postgres::TlsMode as T;
+        match self.tls {
+            TlsMode::Disable => T::Disable,
+            TlsMode::Prefer => T::Prefer,
+            TlsMode::Require => T::Require,
+            TlsMode::VerifyFull => T::VerifyFull,
+        }
+    }
+}
+
 impl S3Config {
     /// Storage options for deltalake / object_store. Credentials are left to the
     /// environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).
@@ -271,8 +284,8 @@ impl Default for StageConfig {
     }
 }
 
-/// `[clickhouse]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[clickhouse]` (`Debug` hides the password and any credentials in the URL)
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP(S) URL. Default `http://127.0.0.1:8123`.
@@ -382,6 +395,15 @@ impl Config {
             .with_context(|| format!("reading pipeline file {}", path.display()))?;
         Self::parse(&text, &|k| std::env::var(k).ok())
             .with_context(|| format!("in pipeline file {}", path.display()))
+    }
+
+    /// Loads the pipeline file and applies the command line's overrides.
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Self> {
+        let mut config = Self::load(path)?;
+        overrides
+            .apply(&mut config)
+            .with_context(|| format!("command-line overrides of {}", path.display()))?;
+        Ok(config)
     }
 
     /// Parses a pipeline from text, resolving `${VAR}` through `env`.
@@ -558,8 +580,213 @@ fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Strin
     Ok(out)
 }
 
+/// A URL with the password of its user info replaced by `***`.
+pub fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Whether a librdkafka property holds a secret (its value is never shown).
+fn secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl_key",
+        "token",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &mask_url(&self.url))
+            .field("tls", &self.tls)
+            .field("clients_table", &self.clients_table)
+            .field("sellers_table", &self.sellers_table)
+            .field("watermark_column", &self.watermark_column)
+            .field("commit_rows", &self.commit_rows)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_prefix", &self.group_prefix)
+            .field("properties", &properties)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &mask_url(&self.url))
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() { "" } else { "***" },
+            )
+            .field("compression", &self.compression)
+            .finish()
+    }
+}
+
+/// Settings the command line overrides (global flags, before or after the subcommand).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Root of the stage layer, instead of `[stage] uri`.
+    #[arg(long, global = true, value_name = "URI")]
+    pub stage_uri: Option<String>,
+    /// Kafka bootstrap servers, instead of `[kafka] brokers`.
+    #[arg(long, global = true, value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// A topic's name, instead of `[kafka.topics.ROLE] name` (repeatable), e.g.
+    /// `--topic purchases=shop_purchases`.
+    #[arg(long = "topic", global = true, value_name = "ROLE=NAME")]
+    pub topics: Vec<String>,
+    /// ClickHouse URL, instead of `[clickhouse] url`.
+    #[arg(long, global = true, value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database, instead of `[clickhouse] database`.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub clickhouse_database: Option<String>,
+    /// The source product table, instead of `[products] uri`.
+    #[arg(long, global = true, value_name = "URI")]
+    pub products_uri: Option<String>,
+}
+
+impl Overrides {
+    /// Applies the flags given to `config`, then checks it again.
+    pub fn apply(&self, config: &mut Config) -> Result<()> {
+        if let Some(v) = &self.stage_uri {
+            config.stage.uri = v.clone();
+        }
+        if let Some(v) = &self.brokers {
+            config.kafka.brokers = v.clone();
+        }
+        for t in &self.topics {
+            let Some((role, name)) = t.split_once('=') else {
+                bail!("--topic {t:?}: expected ROLE=NAME");
+            };
+            if !TOPIC_ROLES.contains(&role) {
+                bail!(
+                    "--topic {t:?}: {role:?} is not one of {}",
+                    TOPIC_ROLES.join(", ")
+                );
+            }
+            config
+                .kafka
+                .topics
+                .entry(role.to_string())
+                .and_modify(|t| t.name = name.to_string())
+                .or_insert_with(|| TopicConfig {
+                    name: name.to_string(),
+                    partitions: 1,
+                });
+        }
+        if let Some(v) = &self.clickhouse_url {
+            config.clickhouse.url = v.clone();
+        }
+        if let Some(v) = &self.clickhouse_database {
+            config.clickhouse.database = v.clone();
+        }
+        if let Some(v) = &self.products_uri {
+            config.products.uri = v.clone();
+        }
+        config.check()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let env = |k: &str| {
+            Some(match k {
+                "PG" => "postgres://app:pg-secret-123@db:5432/shop".to_string(),
+                "CH" => "ch-secret-456".to_string(),
+                "SASL" => "sasl-secret-789".to_string(),
+                _ => return None,
+            })
+        };
+        let c = Config::parse(
+            "[postgres]\nurl = \"${PG}\"\n[clickhouse]\npassword = \"${CH}\"\nurl = \"https://u:${CH}@ch:8443\"\n\
+             [kafka.properties]\n\"sasl.password\" = \"${SASL}\"\n\"sasl.username\" = \"app\"\n",
+            &env,
+        )
+        .expect("parses");
+        let text = format!("{c:?}");
+        for secret in ["pg-secret-123", "ch-secret-456", "sasl-secret-789"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("postgres://app:***@db:5432/shop"), "{text}");
+        assert!(text.contains("\"sasl.username\": \"app\""), "{text}");
+        assert_eq!(mask_url("http://127.0.0.1:8123"), "http://127.0.0.1:8123");
+        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_checked() {
+        let mut c = Config::parse("", &|_| None).expect("defaults");
+        let o = Overrides {
+            stage_uri: Some("s3://elsewhere/stage".into()),
+            brokers: Some("b1:9092,b2:9092".into()),
+            topics: vec!["purchases=shop_purchases".into()],
+            clickhouse_url: Some("https://ch.example:8443".into()),
+            clickhouse_database: Some("analytics".into()),
+            products_uri: Some("s3://src/products".into()),
+        };
+        o.apply(&mut c).expect("valid overrides");
+        assert_eq!(c.stage.uri, "s3://elsewhere/stage");
+        assert_eq!(c.kafka.brokers, "b1:9092,b2:9092");
+        assert_eq!(c.kafka.topic("purchases"), "shop_purchases");
+        assert_eq!(c.kafka.topic("interactions"), "interactions");
+        assert_eq!(
+            (c.clickhouse.url.as_str(), c.clickhouse.database.as_str()),
+            ("https://ch.example:8443", "analytics")
+        );
+        assert_eq!(c.products.uri, "s3://src/products");
+        for bad in ["purchases", "nope=x"] {
+            let o = Overrides {
+                topics: vec![bad.into()],
+                ..Overrides::default()
+            };
+            let err = o.apply(&mut c).expect_err(bad).to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, TlsMode};
+use crate::config::Config;
 use crate::{stage, ExtractArgs, ExtractCommand};
 use lakeshop_sources::kafka::{EventKind, ExtractMetrics, KafkaSourceConfig};
 use lakeshop_sources::postgres::{Dimension, PgSourceConfig};
@@ -93,12 +93,7 @@ async fn dimension(
     let progress = Arc::new(AtomicU64::new(0));
     let source = PgSourceConfig {
         url: config.postgres.url.clone(),
-        tls: match config.postgres.tls {
-            TlsMode::Disable => lakeshop_sources::postgres::TlsMode::Disable,
-            TlsMode::Prefer => lakeshop_sources::postgres::TlsMode::Prefer,
-            TlsMode::Require => lakeshop_sources::postgres::TlsMode::Require,
-            TlsMode::VerifyFull => lakeshop_sources::postgres::TlsMode::VerifyFull,
-        },
+        tls: config.postgres.tls_mode(),
         dimension,
         source_table,
         watermark_column: config.postgres.watermark_column.clone(),

@@ -18,6 +18,7 @@ macro_rules! out {
 
 mod analytics;
 mod config;
+mod dead_letters;
 mod extract;
 mod reconcile;
 mod serve;
@@ -79,6 +80,13 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    overrides: config::Overrides,
+    /// Give up after this long (e.g. `30m`): the command ends with an error and exit 1, as
+    /// when a source or ClickHouse stops answering. Every extract and the batch job are safe
+    /// to interrupt (the next run resumes from the last commit).
+    #[arg(long, global = true, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    timeout: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -137,6 +145,9 @@ enum Command {
     /// Serve the REST ingest API, reports, OpenAPI and /metrics.
     #[command(after_help = "Example: lakeshop serve --listen 127.0.0.1:8080")]
     Serve(ServeArgs),
+    /// Inspect, export and replay the records the extractors could not stage.
+    #[command(subcommand, after_help = "Example: lakeshop dead-letters count")]
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Check a pipeline file without connecting to anything.
     #[command(after_help = "Example: lakeshop validate pipelines/shop.toml")]
     Validate {
@@ -180,6 +191,10 @@ struct GenArgs {
     /// Fraction of invalid records, of many kinds, each counted in the truth.
     #[arg(long, default_value_t = 0.0)]
     bad_fraction: f64,
+    /// How much a few products dominate sales: the Zipf exponent of product popularity
+    /// (0: every product equally likely).
+    #[arg(long, default_value_t = 1.1)]
+    product_skew: f64,
     /// Seed: the same seed gives the same data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -280,12 +295,17 @@ struct StageTablesArgs {
 struct VacuumArgs {
     #[command(flatten)]
     tables: StageTablesArgs,
-    /// Keep files every version of this age still needs (readers and time travel).
+    /// Keep files every version of this age still needs (readers and time travel). Less
+    /// than the table's `delta.deletedFileRetentionDuration` (7 days) needs `--force`.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "7d")]
     retain: std::time::Duration,
     /// List what would be deleted, delete nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Allow a retention shorter than the table's: a reader that started before it, or time
+    /// travel to an older version, may then miss files.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -361,9 +381,15 @@ enum ReportCommand {
     /// Average check per day and shop.
     #[command(after_help = "Example: lakeshop report avg-check --date 2026-11-21")]
     AvgCheck(ReportArgs),
-    /// Top-N products by revenue.
-    #[command(after_help = "Example: lakeshop report top --date 2026-11-21")]
+    /// Top-N products by revenue (`--limit`, default 10, at most 100 per day).
+    #[command(after_help = "Example: lakeshop report top --date 2026-11-21 --limit 20")]
     Top(ReportArgs),
+    /// Per month of the range: revenue, purchases, items, average check, distinct clients.
+    #[command(after_help = "Example: lakeshop report monthly --from 2026-01-01 --to 2026-12-31")]
+    Monthly(ReportArgs),
+    /// Per year of the range: the same.
+    #[command(after_help = "Example: lakeshop report yearly --from 2025-01-01 --to 2026-12-31")]
+    Yearly(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -377,6 +403,9 @@ struct ReportArgs {
     /// table | json | csv
     #[arg(long, default_value = "table")]
     format: String,
+    /// At most N rows per day (products, categories, shops, avg-check, top), or in all.
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -461,14 +490,44 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let timeout = cli.timeout;
+    let result = runtime.block_on(async move {
+        match timeout {
+            None => run(cli).await,
+            Some(t) => match tokio::time::timeout(t, run(cli)).await {
+                Ok(r) => r,
+                Err(_) => Err(anyhow::anyhow!(
+                    "did not finish within --timeout {}: a source, the broker or ClickHouse may \
+                     not be answering (a rerun resumes from the last commit)",
+                    humantime::format_duration(t)
+                )),
+            },
+        }
+    });
+    // Threads still blocked on a server that stopped answering do not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if wants_json() {
+                // Machine-readable output stays machine-readable on failure.
+                let v = serde_json::json!({ "error": format!("{e:#}") });
+                println!("{v}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line asked for JSON output (`--json` or `--format json`).
+fn wants_json() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().any(|a| a == "--json" || a == "--format=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--format" && w[1] == "json")
 }
 
 /// Log filter when `RUST_LOG` is unset or empty: lakeshop at info, libraries at warn. The
@@ -513,10 +572,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    let overrides = cli.overrides.clone();
+    let load = |path: &std::path::Path| Config::load_with(path, &overrides);
     match cli.command {
         Command::Validate { file } => {
             let path = file.unwrap_or(cli.config);
-            let config = Config::load(&path)?;
+            let config = load(&path)?;
             outln!(
                 "{}: ok (pipeline {:?}, time zone {}, stage {}, {} topics)",
                 path.display(),
@@ -528,23 +589,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gen(args) => {
-            let config = Config::load(&cli.config)?;
+            let config = load(&cli.config)?;
             gen(&config, args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Extract(cmd) => extract::run(&Config::load(&cli.config)?, cmd).await,
-        Command::Stage(cmd) => stage_cmd::run(&Config::load(&cli.config)?, cmd).await,
-        Command::Migrate => analytics::migrate(&Config::load(&cli.config)?).await,
+        Command::Extract(cmd) => extract::run(&load(&cli.config)?, cmd).await,
+        Command::Stage(cmd) => stage_cmd::run(&load(&cli.config)?, cmd).await,
+        Command::Migrate => analytics::migrate(&load(&cli.config)?).await,
         Command::Batch(BatchCommand::Run(args)) => {
-            analytics::batch_run(&Config::load(&cli.config)?, args).await
+            analytics::batch_run(&load(&cli.config)?, args).await
         }
-        Command::Replay(args) => analytics::replay(&Config::load(&cli.config)?, args).await,
-        Command::Report(cmd) => analytics::report(&Config::load(&cli.config)?, cmd).await,
-        Command::Stream(StreamCommand::Run(args)) => {
-            stream::run(&Config::load(&cli.config)?, args).await
-        }
-        Command::Reconcile(args) => reconcile::run(&Config::load(&cli.config)?, args).await,
-        Command::Serve(args) => serve::run(&Config::load(&cli.config)?, args).await,
+        Command::Replay(args) => analytics::replay(&load(&cli.config)?, args).await,
+        Command::Report(cmd) => analytics::report(&load(&cli.config)?, cmd).await,
+        Command::Stream(StreamCommand::Run(args)) => stream::run(&load(&cli.config)?, args).await,
+        Command::Reconcile(args) => reconcile::run(&load(&cli.config)?, args).await,
+        Command::Serve(args) => serve::run(&load(&cli.config)?, args).await,
+        Command::DeadLetters(cmd) => dead_letters::run(&load(&cli.config)?, cmd).await,
     }
 }
 
@@ -572,6 +632,7 @@ async fn gen(config: &Config, args: GenArgs) -> Result<()> {
         duplicate_fraction: args.duplicate_fraction,
         unknown_fraction: args.unknown_fraction,
         bad_fraction: args.bad_fraction,
+        product_skew: args.product_skew,
         seed: args.seed,
         timezone: config.timezone()?,
         parts: args.only,

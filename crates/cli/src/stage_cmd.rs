@@ -38,7 +38,7 @@ pub async fn run(config: &Config, cmd: StageCommand) -> Result<ExitCode> {
             let mut out = Vec::new();
             for table in tables(&args.tables)? {
                 let r = stage
-                    .vacuum(table, args.retain, args.dry_run)
+                    .vacuum(table, args.retain, args.dry_run, args.force)
                     .await
                     .with_context(|| format!("vacuum {}", table.name()))?;
                 if !args.tables.json {

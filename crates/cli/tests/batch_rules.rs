@@ -367,6 +367,33 @@ async fn rules(kind: StageKind) -> Result<()> {
     }
     let (ok, _, err) = world.try_run(&["report", "daily", "--date", D1, "--format", "xml"])?;
     assert!(!ok && err.contains("--format"), "{err}");
+    // --limit: the top N of each day; the batch job keeps 100.
+    let top1 = world.run(&[
+        "report", "top", "--date", D1, "--format", "csv", "--limit", "1",
+    ])?;
+    assert_eq!(top1.lines().count(), 2, "{top1}");
+    assert!(
+        top1.lines().nth(1).is_some_and(|l| l.contains(",1,")),
+        "{top1}"
+    );
+    let (ok, _, err) = world.try_run(&["report", "top", "--date", D1, "--limit", "101"])?;
+    assert!(!ok && err.contains("100"), "{err}");
+    // Monthly and yearly: the whole range in one month and one year.
+    for (report, key) in [("monthly", "month"), ("yearly", "year")] {
+        let text = world.run(&[
+            "report", report, "--from", D1, "--to", D3, "--format", "json",
+        ])?;
+        let rows: serde_json::Value = serde_json::from_str(text.trim())?;
+        assert_eq!(rows.as_array().map(Vec::len), Some(1), "{report}: {rows}");
+        assert_eq!(rows[0]["revenue"], "32.56", "{report}: {rows}");
+        assert_eq!(rows[0]["purchases"], 6, "{report}: {rows}");
+        assert!(
+            rows[0][key]
+                .as_str()
+                .is_some_and(|d| d.starts_with("2026-")),
+            "{rows}"
+        );
+    }
 
     // Running the range again changes nothing.
     let tables = lakeshop_batch::CLICKHOUSE_TABLES;

@@ -137,21 +137,42 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
         .stdout(Stdio::null())
         .spawn()?;
     let group = mode == Mode::Group;
-    let extractor = || {
+    // In group mode every extractor logs (JSON, commits included) to a file of its own: the
+    // logs show who held which partitions when, and who staged what.
+    let spawned = std::cell::Cell::new(0u32);
+    let logs = dir.path().to_path_buf();
+    let extractor = || -> Result<std::process::Child> {
         let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&pipeline).args([
-            "extract",
-            "purchases",
-            "--follow",
-            "--no-metrics",
-        ]);
+        cmd.arg("--config")
+            .arg(&pipeline)
+            .args(["--log-format", "json"])
+            .args(["extract", "purchases", "--follow", "--no-metrics"]);
+        let n = spawned.get();
+        spawned.set(n + 1);
         if group {
-            cmd.arg("--group");
+            cmd.arg("--group")
+                .env("RUST_LOG", "warn,lakeshop_sources=debug")
+                .stderr(std::fs::File::create(
+                    logs.join(format!("extractor-{n}.log")),
+                )?);
+        } else {
+            cmd.stderr(Stdio::null());
         }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+        Ok(cmd.stdout(Stdio::null()).spawn()?)
     };
     // The extractor that stays up in group mode.
     let mut partner = if group { Some(extractor()?) } else { None };
+    if group {
+        // The partner holds partitions before the other member first joins.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read_log(&dir.path().join("extractor-0.log"))?.0.is_empty() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the partner never got partitions"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     // Compaction in a loop, beside the extractor.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let optimizer = (mode == Mode::Optimizing).then(|| {
@@ -196,7 +217,9 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
     let mut rng = rand::rng();
     while kills < 5 || gen.try_wait()?.is_none() {
         let mut child = extractor()?;
-        std::thread::sleep(Duration::from_millis(rng.random_range(700..2500)));
+        // In a group a member lives long enough to be given partitions and stage some.
+        let life = if group { 3000..6000 } else { 700..2500 };
+        std::thread::sleep(Duration::from_millis(rng.random_range(life)));
         child.kill()?; // SIGKILL
         child.wait()?;
         kills += 1;
@@ -254,7 +277,19 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
         n("bad") - conflicts,
         "every invalid record dead-lettered"
     );
+    // Dead letters by reason, as the generator made them.
+    let reasons = counts(
+        &stage_uri,
+        "dead_letters",
+        "SELECT reason, count(*) FROM dead_letters GROUP BY reason",
+    )
+    .await?;
+    let mut want: std::collections::BTreeMap<String, i64> =
+        serde_json::from_value(c["bad_by_reason"].clone())?;
+    want.remove("conflicting_duplicate");
+    assert_eq!(reasons, want, "dead letters by reason");
     let days = counts(&stage_uri, "purchases", "SELECT CAST(event_date AS VARCHAR), CAST(sum(CAST(quantity AS DECIMAL(20,0)) * price) * 100 AS BIGINT) FROM (SELECT *, row_number() OVER (PARTITION BY purchase_id ORDER BY source_offset) AS rn FROM purchases) WHERE rn = 1 GROUP BY event_date").await?;
+    let ids = counts(&stage_uri, "purchases", "SELECT CAST(event_date AS VARCHAR), count(DISTINCT purchase_id) FROM purchases GROUP BY event_date").await?;
     let truth_days = truth["days"].as_object().context("days")?;
     assert_eq!(days.len(), truth_days.len());
     for (day, cents) in &days {
@@ -263,6 +298,64 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
             .context("revenue")?
             .parse()?;
         assert_eq!(rust_decimal::Decimal::new(*cents, 2), revenue, "{day}");
+        assert_eq!(
+            Some(ids[day]),
+            truth_days[day]["total"]["purchases"].as_i64(),
+            "distinct purchase ids of {day}"
+        );
+    }
+    if group {
+        // Partitions moved between the group's members (some partition was held by two
+        // processes over the run), and more than one member staged rows.
+        let mut holders: std::collections::BTreeMap<String, std::collections::BTreeSet<u32>> =
+            Default::default();
+        let mut staged_by = Vec::new();
+        for n in 0..spawned.get() {
+            let (assignments, rows) = read_log(&dir.path().join(format!("extractor-{n}.log")))?;
+            for a in &assignments {
+                for p in a
+                    .trim_matches(['[', ']'])
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    holders.entry(p.to_string()).or_default().insert(n);
+                }
+            }
+            if rows > 0 {
+                staged_by.push((n, rows));
+            }
+        }
+        assert!(
+            holders.values().any(|h| h.len() >= 2),
+            "no partition moved between members: {holders:?}"
+        );
+        assert!(
+            staged_by.len() >= 2,
+            "only {staged_by:?} staged rows (member 0 stayed up, the others were killed)"
+        );
+        eprintln!("group: partition holders {holders:?}, rows staged by member {staged_by:?}");
     }
     Ok(())
+}
+
+/// From one extractor's JSON log: the partitions of each assignment, in order, and the rows
+/// its commits staged.
+fn read_log(path: &std::path::Path) -> Result<(Vec<String>, u64)> {
+    let text = std::fs::read_to_string(path)?;
+    let (mut assigned, mut rows) = (Vec::new(), 0u64);
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        let message = f["message"].as_str().unwrap_or("");
+        if message.starts_with("assigned") {
+            assigned.push(f["partitions"].as_str().unwrap_or("").to_string());
+        }
+        if message == "committed" && f["table"] == "purchases" {
+            rows += f["rows"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((assigned, rows))
 }

@@ -167,6 +167,155 @@ fn pipeline_files_validate_and_errors_name_the_key() {
 }
 
 #[test]
+fn global_flags_override_the_pipeline_file() {
+    let bin = env!("CARGO_BIN_EXE_lakeshop");
+    let file = root().join("pipelines/shop.toml");
+    // Before or after the subcommand.
+    for args in [
+        vec!["--stage-uri", "/tmp/elsewhere", "validate"],
+        vec!["validate", "--stage-uri", "/tmp/elsewhere"],
+    ] {
+        let out = Command::new(bin)
+            .args(&args)
+            .arg(&file)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("stage /tmp/elsewhere"), "{args:?}: {text}");
+    }
+    let out = Command::new(bin)
+        .args(["validate", "--topic", "orders=x"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("orders"), "{err}");
+}
+
+/// A broker that accepts connections and never answers: `--timeout` ends the drain with exit
+/// 1 and a clear error. A failed command asked for JSON says so in JSON on stdout too.
+#[test]
+fn timeout_ends_a_run_against_a_server_that_never_answers() {
+    let bin = env!("CARGO_BIN_EXE_lakeshop");
+    let config = root().join("pipelines/shop.toml");
+    // Connections complete in the kernel's backlog; nothing ever reads or answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let dir = tempfile::tempdir().expect("tmp");
+    let started = std::time::Instant::now();
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--brokers", &addr.to_string(), "--stage-uri"])
+        .arg(dir.path().join("stage"))
+        .args([
+            "--timeout",
+            "3s",
+            "extract",
+            "purchases",
+            "--until-end",
+            "--quiet",
+        ])
+        .output()
+        .expect("run");
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    assert!(err.contains("--timeout 3s"), "{err}");
+    drop(silent);
+
+    // Nothing listens on port 1: the report fails at once, in JSON as asked.
+    let out = Command::new(bin)
+        .arg("--config")
+        .arg(&config)
+        .args(["--clickhouse-url", "http://127.0.0.1:1"])
+        .args([
+            "report",
+            "daily",
+            "--date",
+            "2026-01-01",
+            "--format",
+            "json",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a JSON error on stdout");
+    assert!(
+        v["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{stdout}"
+    );
+}
+
+/// Runs with a PostgreSQL password in the URL, a ClickHouse password and a Kafka SASL
+/// password, logging at debug in JSON: none of them appears in anything the runs print.
+#[test]
+fn no_secret_reaches_the_output_or_the_logs() {
+    let bin = env!("CARGO_BIN_EXE_lakeshop");
+    let dir = tempfile::tempdir().expect("tmp");
+    let pipeline = dir.path().join("pipeline.toml");
+    let pg = lakeshop_testkit::pg_server_url();
+    // Trust auth ignores the password; it must still never be shown.
+    let pg_url = pg.replacen("postgres@", "postgres:pg-SECRET-1@", 1) + "/lakeshop";
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[postgres]\nurl = \"${{T_PG}}\"\ntls = \"disable\"\n[clickhouse]\npassword = \"${{T_CH}}\"\n\
+             [kafka.properties]\n\"sasl.username\" = \"app\"\n\"sasl.password\" = \"${{T_SASL}}\"\n\
+             [stage]\nuri = \"{}\"\n",
+            dir.path().join("stage").display()
+        ),
+    )
+    .expect("write");
+    let mut printed = String::new();
+    for args in [
+        vec!["extract", "clients", "--quiet"],
+        vec![
+            "report",
+            "daily",
+            "--date",
+            "2026-01-01",
+            "--format",
+            "json",
+        ],
+        vec!["validate"],
+    ] {
+        let out = Command::new(bin)
+            .arg("--config")
+            .arg(&pipeline)
+            .args(["--log-format", "json", "--timeout", "30s"])
+            .args(&args)
+            .env("T_PG", &pg_url)
+            .env("T_CH", "ch-SECRET-2")
+            .env("T_SASL", "sasl-SECRET-3")
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("run");
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+        printed.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(
+        printed.len() > 100,
+        "the runs printed next to nothing: {printed}"
+    );
+    for secret in ["pg-SECRET-1", "ch-SECRET-2", "sasl-SECRET-3"] {
+        assert!(
+            !printed.contains(secret),
+            "{secret} was printed:\n{printed}"
+        );
+    }
+}
+
+#[test]
 fn help_shows_the_whole_command_tree() {
     let bin = env!("CARGO_BIN_EXE_lakeshop");
     let out = Command::new(bin).arg("--help").output().expect("run");
@@ -190,9 +339,15 @@ fn help_shows_the_whole_command_tree() {
         "report shops",
         "report avg-check",
         "report top",
+        "report monthly",
+        "report yearly",
         "stream run",
         "reconcile",
         "serve",
+        "dead-letters count",
+        "dead-letters show",
+        "dead-letters export",
+        "dead-letters replay",
         "validate",
     ] {
         assert!(
@@ -201,7 +356,7 @@ fn help_shows_the_whole_command_tree() {
         );
     }
     assert!(
-        help.matches("Example: lakeshop").count() >= 28,
+        help.matches("Example: lakeshop").count() >= 35,
         "each command has an example"
     );
     // `serve` checks its listen address before it binds or connects.

@@ -21,6 +21,9 @@ pub enum Error {
         #[source]
         source: deltalake::arrow::error::ArrowError,
     },
+    /// A maintenance operation was refused (it could hurt readers).
+    #[error("{0}")]
+    Maintenance(String),
     /// Another writer committed offsets this writer did not expect: it must re-read.
     #[error("offsets of {app_id} in stage table {table} moved to {found:?} (expected {expected:?}): another writer owns them")]
     OffsetsMoved {

@@ -9,6 +9,7 @@
 //! offsets is stale (another writer committed the same partitions) gets
 //! [`Error::OffsetsMoved`] or a commit conflict and must re-read, never a silent duplicate.
 
+mod dead_letters;
 mod error;
 mod maintain;
 mod upsert;
@@ -32,6 +33,7 @@ use lakeshop_model::arrow_schema;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
+pub use dead_letters::{DeadLetterFilter, KafkaPosition};
 pub use error::{Error, Result};
 pub use maintain::{OptimizeReport, TableInfo, VacuumReport};
 pub use upsert::{UpdateWhen, Upsert, UpsertStats, Watermark};
@@ -559,7 +561,7 @@ mod tests {
         RecordBatch::try_new(
             Table::DeadLetters.schema(),
             vec![
-                text("kafka"),
+                text("purchases"),
                 text("t"),
                 Arc::new(Int32Array::from(vec![0; n])),
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),

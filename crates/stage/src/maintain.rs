@@ -9,7 +9,7 @@
 use deltalake::kernel::transaction::CommitProperties;
 use std::time::Duration;
 
-use crate::{Result, Stage, Table};
+use crate::{Error, Result, Stage, Table};
 
 /// What `optimize` did to one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -96,14 +96,35 @@ impl Stage {
     }
 
     /// Deletes files no version within `retention` references (Delta's own rule keeps
-    /// every file a reader of a retained version may need).
+    /// every file a reader of a retained version may need). A retention shorter than the
+    /// table's `delta.deletedFileRetentionDuration` (7 days by default) is refused unless
+    /// `force`.
     pub async fn vacuum(
         &self,
         table: Table,
         retention: Duration,
         dry_run: bool,
+        force: bool,
     ) -> Result<VacuumReport> {
         let handle = self.open(table).await?;
+        let minimum = {
+            use deltalake::table::config::TablePropertiesExt as _;
+            handle
+                .snapshot()
+                .ok()
+                .map(|s| s.table_config().deleted_file_retention_duration())
+                .unwrap_or_else(|| Duration::from_secs(7 * 24 * 3600))
+        };
+        if retention < minimum && !force {
+            return Err(Error::Maintenance(format!(
+                "{}: --retain {} is shorter than the table's retention ({}): a reader that \
+                 started before the vacuum, or time travel, may still need those files; \
+                 give --force to vacuum anyway",
+                table.name(),
+                humantime_like(retention),
+                humantime_like(minimum)
+            )));
+        }
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
         let (_, metrics) = handle
             .vacuum()
@@ -121,7 +142,21 @@ impl Stage {
             dry_run,
         })
     }
+}
 
+/// A duration as whole days, hours, minutes or seconds (`7d`, `1h`, `90s`).
+fn humantime_like(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+impl Stage {
     /// Version, files, rows and bytes of `table` from its log (no data read), and the
     /// committed versions of the given `txn` app ids.
     pub async fn info(&self, table: Table, app_ids: &[String]) -> Result<TableInfo> {

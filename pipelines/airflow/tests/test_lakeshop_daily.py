@@ -33,6 +33,7 @@ EXPECTED_UPSTREAM = {
     "batch_run": {"extract_clients", "extract_sellers", "extract_products", "extract_purchases"},
     "check_batch_summary": {"batch_run"},
     "reconcile": {"batch_run"},
+    "maintain_stage": {"batch_run"},
 }
 
 
@@ -67,7 +68,10 @@ class DagFolder(unittest.TestCase):
         upstream = {t.task_id: set(t.upstream_task_ids) for t in self.dag.tasks}
         self.assertEqual(upstream, EXPECTED_UPSTREAM)
         downstream = {t.task_id: set(t.downstream_task_ids) for t in self.dag.tasks}
-        self.assertEqual(downstream["batch_run"], {"check_batch_summary", "reconcile"})
+        self.assertEqual(
+            downstream["batch_run"], {"check_batch_summary", "reconcile", "maintain_stage"}
+        )
+        self.assertEqual(downstream["maintain_stage"], set())
         self.assertEqual(downstream["extract_interactions"], set())
         self.assertEqual(downstream["check_batch_summary"], set())
         self.assertEqual(downstream["reconcile"], set())
@@ -98,6 +102,7 @@ class DagFolder(unittest.TestCase):
         self.assertEqual(tasks["check_batch_summary"].retries, 0)
         self.assertEqual(tasks["reconcile"].retries, 0)
         self.assertEqual(tasks["reconcile"].execution_timeout, dt.timedelta(minutes=30))
+        self.assertEqual(tasks["maintain_stage"].retries, 1)
 
 
 class BusinessDay(unittest.TestCase):
@@ -144,7 +149,7 @@ class RunLakeshop(unittest.TestCase):
         self.assertIn("--config pipelines/shop.toml batch run", "\n".join(logs.output))
 
     def test_non_zero_exit_raises(self):
-        with self.assertRaisesRegex(RuntimeError, r"exited with status 2 \(the command is not"):
+        with self.assertRaisesRegex(RuntimeError, r"exited with status 2 \(a usage error"):
             self.run_script("exit 2")
         with self.assertRaisesRegex(RuntimeError, "exited with status 1$"):
             self.run_script("exit 1")
@@ -240,8 +245,12 @@ class WholeRuns(unittest.TestCase):
                 f"{config} extract interactions --until-end",
                 f"{config} batch run --date 2026-11-21 --json",
                 f"{config} reconcile --date 2026-11-21 --json",
+                f"{config} stage optimize",
+                f"{config} stage vacuum",
             ]),
         )
+        # Compaction before vacuum.
+        self.assertLess(calls.index(f"{config} stage optimize"), calls.index(f"{config} stage vacuum"))
 
     def test_differences_found_by_reconcile_fail_the_run(self):
         state, states, calls = self.run_dag(

@@ -72,7 +72,7 @@ class Crontab(unittest.TestCase):
         cls.env, cls.jobs = parse(CRONTAB.read_text())
 
     def test_schedule_fields(self):
-        self.assertEqual(len(self.jobs), 6)
+        self.assertEqual(len(self.jobs), 7)
         for fields, command in self.jobs:
             with self.subTest(command=command[:60]):
                 for field, (low, high) in zip(fields, RANGES):
@@ -89,7 +89,7 @@ class Crontab(unittest.TestCase):
                 self.assertIsNotNone(lock, command)
                 locks.add(lock.group(1))
                 self.assertRegex(command, r'>>"\$LAKESHOP_LOG_DIR/[a-z-]+\.log" 2>&1$')
-        self.assertEqual(len(locks), 6, "one lock per job")
+        self.assertEqual(len(locks), 7, "one lock per job")
 
     def test_time_zone_and_environment(self):
         self.assertEqual(self.env["CRON_TZ"], self.env["LAKESHOP_TIMEZONE"])
@@ -102,6 +102,8 @@ class Crontab(unittest.TestCase):
         self.assertEqual(extracts, ["clients", "interactions", "products", "purchases", "sellers"])
         daily = [f for f, c in self.jobs if "batch run" in c]
         self.assertEqual(daily, [["30", "*", "*", "*", "*"]])
+        weekly = [f for f, c in self.jobs if "stage vacuum" in c]
+        self.assertEqual(weekly, [["15", "3", "*", "*", "0"]])
 
 
 class JobsRun(unittest.TestCase):
@@ -161,6 +163,24 @@ class JobsRun(unittest.TestCase):
                 )
                 log = (self.logs / f"extract-{source}.log").read_text()
                 self.assertIn("fake lakeshop log line", log)
+
+    def test_weekly_maintenance_compacts_then_vacuums(self):
+        out = self.run_job("stage vacuum")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout + out.stderr, "", "cron would mail this")
+        self.assertEqual(
+            self.calls.read_text(),
+            f"{ROOT} | --config /etc/lakeshop/shop.toml stage optimize\n"
+            f"{ROOT} | --config /etc/lakeshop/shop.toml stage vacuum\n",
+        )
+        # A failed compaction skips the vacuum.
+        self.calls.write_text("")
+        out = self.run_job("stage vacuum", FAKE_EXIT="1")
+        self.assertNotEqual(out.returncode, 0)
+        self.assertEqual(
+            self.calls.read_text(),
+            f"{ROOT} | --config /etc/lakeshop/shop.toml stage optimize\n",
+        )
 
     def test_an_extract_still_running_is_not_started_again(self):
         with open(self.locks / "lakeshop-extract-purchases.lock", "w") as held:

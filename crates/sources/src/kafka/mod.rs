@@ -244,7 +244,7 @@ fn run(
         held: Held::default(),
         buf: Buffer {
             events: EventRows::new(config.kind, config.timezone),
-            dead: DeadLetterRows::new(config.timezone),
+            dead: DeadLetterRows::new(config.kind, config.timezone),
             last: BTreeMap::new(),
             dl_last: BTreeMap::new(),
             since: Instant::now(),

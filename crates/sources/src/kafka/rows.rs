@@ -74,6 +74,16 @@ pub enum EventKind {
     Interactions,
 }
 
+impl EventKind {
+    /// The extractor's name, as dead letters record their `source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Purchases => "purchases",
+            EventKind::Interactions => "interactions",
+        }
+    }
+}
+
 /// Rows of `stage.purchases` or `stage.interactions`.
 #[derive(Debug)]
 pub struct EventRows {
@@ -211,6 +221,8 @@ impl EventRows {
 /// Rows of `stage.dead_letters`.
 #[derive(Debug)]
 pub struct DeadLetterRows {
+    /// The extractor's name (`purchases`, `interactions`).
+    source_name: &'static str,
     tz: chrono_tz::Tz,
     len: usize,
     source: StringBuilder,
@@ -225,8 +237,9 @@ pub struct DeadLetterRows {
 }
 
 impl DeadLetterRows {
-    pub fn new(tz: chrono_tz::Tz) -> Self {
+    pub fn new(kind: EventKind, tz: chrono_tz::Tz) -> Self {
         Self {
+            source_name: kind.as_str(),
             tz,
             len: 0,
             source: StringBuilder::new(),
@@ -247,6 +260,7 @@ impl DeadLetterRows {
         let rows = self.len;
         let text = |b: &StringBuilder| StringBuilder::with_capacity(rows, b.values_slice().len());
         Self {
+            source_name: self.source_name,
             tz: self.tz,
             len: 0,
             source: text(&self.source),
@@ -271,7 +285,7 @@ impl DeadLetterRows {
 
     /// Records a rejected payload with its raw bytes, position and reason.
     pub fn push(&mut self, payload: &[u8], pos: Position<'_>, why: &Rejection, now: DateTime<Utc>) {
-        self.source.append_value("kafka");
+        self.source.append_value(self.source_name);
         self.topic.append_value(pos.topic);
         self.partition.append_value(pos.partition);
         self.offset.append_value(pos.offset);
