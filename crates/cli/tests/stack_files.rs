@@ -417,3 +417,37 @@ fn dry_run_is_refused_where_it_would_stage() {
         assert!(stderr.contains("--dry-run"), "{source}: {stderr}");
     }
 }
+
+/// Cooperative (incremental) rebalancing through `[kafka.properties]` is refused at start
+/// with a clear error (the extractors and the loader share the consumer that refuses it).
+#[test]
+fn cooperative_rebalancing_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[kafka.properties]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n[stage]\nuri = \"{}\"\n",
+            dir.path().join("stage").display()
+        ),
+    )
+    .expect("write");
+    for args in [
+        vec!["extract", "purchases", "--until-end", "--group", "--quiet"],
+        vec!["extract", "interactions", "--until-end", "--quiet"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+            .arg("--config")
+            .arg(&pipeline)
+            .args(["--timeout", "60s"])
+            .args(&args)
+            .output()
+            .expect("runs lakeshop");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cooperative rebalancing is not supported"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -43,6 +43,9 @@ pub enum ConsumerError {
     /// The topic has no partition (it does not exist, or metadata says nothing).
     #[error("kafka topic {topic} has no partitions (does it exist?)")]
     NoPartitions { topic: String },
+    /// A setting the loop cannot honour (refused at start, before anything is read).
+    #[error("kafka topic {topic}: {message}")]
+    Unsupported { topic: String, message: String },
     /// The group coordinator reported a rebalance error.
     #[error("kafka topic {topic}: rebalance failed: {code:?}")]
     Rebalance { topic: String, code: RDKafkaRespErr },
@@ -347,6 +350,20 @@ impl<R: Resume> KafkaConsumer<R> {
             handover: Mutex::new(Handover::default()),
         };
         let mut client = opts.client.clone();
+        // The handover assumes eager rebalancing: every partition is revoked, then the new
+        // set assigned. Incremental (cooperative) assignment would hand over deltas it does
+        // not expect.
+        if let Some(strategy) = client.get("partition.assignment.strategy") {
+            if strategy.to_ascii_lowercase().contains("cooperative") {
+                return Err(ConsumerError::Unsupported {
+                    topic: opts.topic.clone(),
+                    message: format!(
+                        "partition.assignment.strategy {strategy:?}: cooperative rebalancing is \
+                         not supported; use range or roundrobin (eager)"
+                    ),
+                });
+            }
+        }
         client
             .set("group.id", &opts.group_id)
             .set("enable.auto.commit", "false")
