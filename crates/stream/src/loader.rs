@@ -287,8 +287,8 @@ struct Flight {
     covers: Vec<(i32, u64, i64)>,
     /// Records processed before the flush began.
     records: usize,
-    /// The counted-purchase rows it sends (kept to send again if it fails).
-    purchases: RowBinary,
+    /// The counted-purchase rows it sends (shared with the task; sent again if it fails).
+    purchases: Arc<RowBinary>,
     counted_times: Vec<i64>,
     windows: usize,
     rejects: usize,
@@ -526,6 +526,7 @@ impl Loop {
             covers.push((*p, epoch, st.next));
         }
         let ch = self.ch.clone();
+        let purchases = Arc::new(purchases);
         let body = purchases.clone();
         let (window_rows, reject_rows) = (windows.rows(), rejects.rows());
         let task = self.runtime.spawn(async move {
@@ -569,7 +570,8 @@ impl Loop {
                     }
                 }
             }
-            self.purchases = flight.purchases;
+            // The task has ended: the rows are this loop's alone again (no copy).
+            self.purchases = Arc::try_unwrap(flight.purchases).unwrap_or_else(|a| (*a).clone());
             self.counted_times = flight.counted_times;
             return Err(e);
         }
