@@ -15,8 +15,10 @@ BUILD_PKGS=(build-essential cmake pkg-config libssl-dev libsasl2-dev libcurl4-op
   protobuf-compiler)
 STACK_PKGS=(ca-certificates curl procps python3-venv clickhouse-server clickhouse-client)
 # Tests: the end-to-end API test talks HTTP with curl, renders the live page in Chromium, makes
-# its TLS certificates with openssl, and has the real Prometheus scrape the commands.
-TEST_PKGS=(curl chromium openssl prometheus)
+# its TLS certificates with openssl, and has the real Prometheus scrape the commands; the TLS
+# tests start their own ClickHouse and PostgreSQL 15 servers (initdb, pg_ctl), and the progress
+# test runs commands under a terminal with script (bsdutils).
+TEST_PKGS=(curl chromium openssl prometheus clickhouse-server postgresql-15 bsdutils)
 # Benchmarks: GNU time for CPU seconds and peak RSS of each process measured; wrk against the API.
 BENCH_PKGS=(time wrk)
 # Any PostgreSQL client version will do (the machine's cluster brings its own).

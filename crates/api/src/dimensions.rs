@@ -16,7 +16,7 @@ use axum::Json;
 use chrono::Utc;
 use lakeshop_model::{parse_client, parse_product, parse_seller, Rejection};
 use lakeshop_service::Sensitive;
-use lakeshop_sources::postgres::TlsMode;
+use lakeshop_sources::postgres::PgTls;
 use lakeshop_sources::writes;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -33,7 +33,7 @@ use crate::AppState;
 pub struct PostgresTarget {
     /// Connection URL (may hold a password: masked in `Debug`).
     pub url: Sensitive<String>,
-    pub tls: TlsMode,
+    pub tls: PgTls,
     pub clients_table: String,
     pub sellers_table: String,
 }
@@ -390,7 +390,7 @@ async fn pg_connection(
     })?;
     let mut guard = w.pg.lock().await;
     if guard.as_ref().is_none_or(|c| c.is_closed()) {
-        let client = lakeshop_sources::postgres::connect(target.url.expose(), target.tls)
+        let client = lakeshop_sources::postgres::connect(target.url.expose(), &target.tls)
             .await
             .map_err(|e| ApiError::unavailable("postgres", &e))?;
         *guard = Some(client);

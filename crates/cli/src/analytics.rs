@@ -3,7 +3,9 @@
 use anyhow::{bail, Context as _, Result};
 use chrono::NaiveDate;
 use lakeshop_batch::{BatchJob, BatchOptions, DaySummary, PiiMode};
-use lakeshop_clickhouse::{ClickHouse, ClickHouseOptions, Kind, Migration, Report, ReportTable};
+use lakeshop_clickhouse::{
+    ClickHouse, ClickHouseOptions, Kind, Migration, Report, ReportTable, TlsOptions,
+};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -11,13 +13,18 @@ use crate::config::{self, Config};
 use crate::{BatchRunArgs, RangeArgs, ReportArgs, ReportCommand};
 
 pub(crate) fn clickhouse(config: &Config) -> Result<ClickHouse> {
-    Ok(ClickHouse::new(&ClickHouseOptions {
-        url: config.clickhouse.url.clone(),
-        database: config.clickhouse.database.clone(),
-        user: config.clickhouse.user.clone(),
-        password: config.clickhouse.password.clone(),
-        compression: config.clickhouse.compression,
-    })?)
+    Ok(ClickHouse::with_tls(
+        &ClickHouseOptions {
+            url: config.clickhouse.url.clone(),
+            database: config.clickhouse.database.clone(),
+            user: config.clickhouse.user.clone(),
+            password: config.clickhouse.password.clone(),
+            compression: config.clickhouse.compression,
+        },
+        &TlsOptions {
+            ca_file: config.clickhouse.ca_file.clone(),
+        },
+    )?)
 }
 
 /// A `YYYY-MM-DD` flag value.

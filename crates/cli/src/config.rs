@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A whole pipeline.
@@ -77,7 +77,8 @@ pub enum TlsMode {
     Prefer,
     /// Always encrypt, certificate not checked.
     Require,
-    /// Always encrypt; certificate chain and host name checked against the system roots.
+    /// Always encrypt; certificate chain and host name checked against `ca_file` (else
+    /// the system roots).
     #[serde(rename = "verify-full")]
     VerifyFull,
 }
@@ -88,8 +89,17 @@ pub enum TlsMode {
 pub struct PostgresConfig {
     /// Connection URL. Default `postgres://postgres@127.0.0.1:5432/lakeshop`.
     pub url: String,
-    /// TLS: disable | prefer | require | verify-full (libpq's meanings). Default `prefer`.
-    pub tls: TlsMode,
+    /// TLS: disable | prefer | require | verify-full (libpq's meanings). Default: the
+    /// URL's `sslmode`, else `prefer`; set in both places with different values is an error.
+    pub tls: Option<TlsMode>,
+    /// PEM file of the CA(s) `verify-full` trusts (only these then). Default: the URL's
+    /// `sslrootcert`, else the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that authenticate by certificate (`cert` in
+    /// pg_hba.conf), with `key_file`. Default: the URL's `sslcert`, else none.
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`. Default: the URL's `sslkey`, else none.
+    pub key_file: Option<PathBuf>,
     /// Default `clients`.
     pub clients_table: String,
     /// Default `sellers`.
@@ -105,7 +115,10 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
             url: "postgres://postgres@127.0.0.1:5432/lakeshop".into(),
-            tls: TlsMode::Prefer,
+            tls: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             clients_table: "clients".into(),
             sellers_table: "sellers".into(),
             watermark_column: "updated_at".into(),
@@ -217,14 +230,20 @@ impl Default for S3Config {
 }
 
 impl PostgresConfig {
-    /// The TLS mode as the PostgreSQL source takes it.
-    pub fn tls_mode(&self) -> lakeshop_sources::postgres::TlsMode {
+    /// The TLS settings as the PostgreSQL source takes them (merged with the URL's own
+    /// `sslmode`, `sslrootcert`, `sslcert` and `sslkey` when connecting).
+    pub fn tls_settings(&self) -> lakeshop_sources::postgres::PgTls {
         use lakeshop_sources::postgres::TlsMode as T;
-        match self.tls {
-            TlsMode::Disable => T::Disable,
-            TlsMode::Prefer => T::Prefer,
-            TlsMode::Require => T::Require,
-            TlsMode::VerifyFull => T::VerifyFull,
+        lakeshop_sources::postgres::PgTls {
+            mode: self.tls.map(|m| match m {
+                TlsMode::Disable => T::Disable,
+                TlsMode::Prefer => T::Prefer,
+                TlsMode::Require => T::Require,
+                TlsMode::VerifyFull => T::VerifyFull,
+            }),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
         }
     }
 }
@@ -298,6 +317,9 @@ pub struct ClickHouseConfig {
     pub password: String,
     /// `lz4` (default) or `none` (a server on the same host: saves the CPU of both ends).
     pub compression: lakeshop_clickhouse::Compression,
+    /// PEM file of the CA that signs an `https://` server's certificate (a private CA);
+    /// only its certificates are trusted then. Default: none, the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClickHouseConfig {
@@ -308,6 +330,7 @@ impl Default for ClickHouseConfig {
             user: "default".into(),
             password: String::new(),
             compression: lakeshop_clickhouse::Compression::default(),
+            ca_file: None,
         }
     }
 }
@@ -484,6 +507,8 @@ impl Config {
         if self.stage.uri.is_empty() {
             bail!("stage.uri: empty");
         }
+        lakeshop_sources::postgres::resolve_tls(&self.postgres.url, &self.postgres.tls_settings())
+            .map_err(|e| anyhow::anyhow!("postgres: {e}"))?;
         if self.postgres.commit_rows == 0 {
             bail!("postgres.commit_rows: must be at least 1");
         }
@@ -493,8 +518,17 @@ impl Config {
         if self.stage.flush_interval.is_zero() {
             bail!("stage.flush_interval: must be more than 0s");
         }
-        url::Url::parse(&self.clickhouse.url)
+        let clickhouse_url = url::Url::parse(&self.clickhouse.url)
             .map_err(|e| anyhow::anyhow!("clickhouse.url: not a URL: {e}"))?;
+        if !matches!(clickhouse_url.scheme(), "http" | "https") {
+            bail!(
+                "clickhouse.url: {:?} is not http:// or https://",
+                clickhouse_url.scheme()
+            );
+        }
+        if self.clickhouse.ca_file.is_some() && clickhouse_url.scheme() != "https" {
+            bail!("clickhouse.ca_file: set, but clickhouse.url is not https://");
+        }
         if !(self.alerts.spike_factor > 1.0 && self.alerts.spike_factor.is_finite()) {
             bail!(
                 "alerts.spike_factor: {} must be a number above 1",
@@ -616,6 +650,9 @@ impl std::fmt::Debug for PostgresConfig {
         f.debug_struct("PostgresConfig")
             .field("url", &mask_url(&self.url))
             .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
             .field("clients_table", &self.clients_table)
             .field("sellers_table", &self.sellers_table)
             .field("watermark_column", &self.watermark_column)
@@ -658,6 +695,7 @@ impl std::fmt::Debug for ClickHouseConfig {
                 &if self.password.is_empty() { "" } else { "***" },
             )
             .field("compression", &self.compression)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -755,6 +793,40 @@ mod tests {
         assert!(text.contains("\"sasl.username\": \"app\""), "{text}");
         assert_eq!(mask_url("http://127.0.0.1:8123"), "http://127.0.0.1:8123");
         assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn kafka_security_properties_reach_the_client_unchanged_and_masked() {
+        let env = |k: &str| (k == "SASL").then(|| "sasl-secret-789".to_string());
+        let c = Config::parse(
+            "[kafka]
+brokers = \"b1:9093\"
+[kafka.properties]
+\"security.protocol\" = \"SASL_SSL\"
+             \"sasl.mechanisms\" = \"SCRAM-SHA-512\"
+\"sasl.username\" = \"app\"
+             \"sasl.password\" = \"${SASL}\"
+\"ssl.ca.location\" = \"/etc/ssl/kafka-ca.pem\"
+",
+            &env,
+        )
+        .expect("parses");
+        let client = c.kafka.client_config();
+        for (key, value) in [
+            ("bootstrap.servers", "b1:9093"),
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "app"),
+            ("sasl.password", "sasl-secret-789"),
+            ("ssl.ca.location", "/etc/ssl/kafka-ca.pem"),
+        ] {
+            assert_eq!(client.get(key), Some(value), "{key}");
+        }
+        // Neither lakeshop's config nor librdkafka's shows the password.
+        for text in [format!("{:?}", c.kafka), format!("{client:?}")] {
+            assert!(!text.contains("sasl-secret-789"), "{text}");
+            assert!(text.contains("SASL_SSL"), "{text}");
+        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ async fn dimension(
     let progress = Arc::new(AtomicU64::new(0));
     let source = PgSourceConfig {
         url: config.postgres.url.clone(),
-        tls: config.postgres.tls_mode(),
+        tls: config.postgres.tls_settings(),
         dimension,
         source_table,
         watermark_column: config.postgres.watermark_column.clone(),

@@ -32,7 +32,7 @@ pub async fn run(config: &Config, args: ServeArgs) -> Result<ExitCode> {
             timezone: config.timezone()?,
             postgres: Some(lakeshop_api::dimensions::PostgresTarget {
                 url: lakeshop_service::Sensitive::new(config.postgres.url.clone()),
-                tls: config.postgres.tls_mode(),
+                tls: config.postgres.tls_settings(),
                 clients_table: config.postgres.clients_table.clone(),
                 sellers_table: config.postgres.sellers_table.clone(),
             }),

@@ -1,6 +1,9 @@
 //! Connection settings and the client.
 
 use crate::{tsv, Error, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where ClickHouse is and who lakeshop is there.
 #[derive(Clone)]
@@ -135,28 +138,104 @@ impl std::fmt::Debug for ClickHouse {
     }
 }
 
+/// TLS of an `https://` server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificates that sign the server's certificate (a private CA).
+    /// When set, only these are trusted; when not, the system's roots are.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How long an idle connection stays in the pool: ClickHouse closes keep-alive
+/// connections after 3 s, so reuse ends before the server's own cut (as the client crate's
+/// default connector does).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// The root certificates of an HTTPS client: the CA file's, else the system's.
+fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |e: &dyn std::fmt::Display| {
+                Error::Config(format!("clickhouse.ca_file {}: {e}", path.display()))
+            };
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(&e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad(&e))?;
+            if certs.is_empty() {
+                return Err(bad(&"no PEM certificate in the file"));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| bad(&e))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // A system root rustls cannot parse is skipped, as every client does.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// An HTTPS-only client (rustls with ring, HTTP/1.1) trusting `ca_file` or the system roots.
+fn https_client(ca_file: Option<&Path>) -> Result<clickhouse::Client> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config(format!("TLS setup: {e}")))?
+        .with_root_certificates(root_store(ca_file)?)
+        .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .build(connector);
+    Ok(clickhouse::Client::with_http_client(client))
+}
+
 impl ClickHouse {
-    /// A client for the configured server and database; connects on first use.
+    /// A client for the configured server and database; connects on first use. An
+    /// `https://` URL trusts the system's roots.
     pub fn new(options: &ClickHouseOptions) -> Result<Self> {
+        Self::with_tls(options, &TlsOptions::default())
+    }
+
+    /// A client for the configured server and database, with TLS settings for an
+    /// `https://` URL; connects on first use.
+    pub fn with_tls(options: &ClickHouseOptions, tls: &TlsOptions) -> Result<Self> {
         check_identifier("clickhouse.database", &options.database)?;
         let url = url::Url::parse(&options.url)
             .map_err(|e| Error::Config(format!("clickhouse.url {:?}: {e}", options.url)))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(Error::Config(format!(
-                    "clickhouse.url {:?}: this build speaks plain HTTP only; put a TLS proxy in front or use http://",
-                    options.url
-                )))
+        let base = match url.scheme() {
+            "http" => {
+                if tls.ca_file.is_some() {
+                    return Err(Error::Config(format!(
+                        "clickhouse.ca_file is set but clickhouse.url {:?} is plain http://; use https://",
+                        options.url
+                    )));
+                }
+                clickhouse::Client::default()
             }
+            "https" => https_client(tls.ca_file.as_deref())?,
             other => {
                 return Err(Error::Config(format!(
-                    "clickhouse.url {:?}: scheme {other:?} is not http",
+                    "clickhouse.url {:?}: scheme {other:?} is not http or https",
                     options.url
                 )))
             }
-        }
-        let mut server = clickhouse::Client::default()
+        };
+        let mut server = base
             .with_url(options.url.trim_end_matches('/'))
             .with_user(&options.user)
             // Plain RowBinary everywhere: 18.16 lacks RowBinaryWithNamesAndTypes, and
@@ -321,6 +400,16 @@ mod tests {
         assert!(ClickHouse::new(&opts("http://127.0.0.1:8123", "lakeshop")).is_ok());
         assert!(ClickHouse::new(&opts("not a url", "lakeshop")).is_err());
         assert!(ClickHouse::new(&opts("ftp://h", "lakeshop")).is_err());
+        assert!(ClickHouse::new(&opts("https://127.0.0.1:8443", "lakeshop")).is_ok());
+        let missing = TlsOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+        };
+        let err = ClickHouse::with_tls(&opts("https://h:8443", "lakeshop"), &missing)
+            .expect_err("a CA file that is not there");
+        assert!(err.to_string().contains("clickhouse.ca_file"), "{err}");
+        let err = ClickHouse::with_tls(&opts("http://h:8123", "lakeshop"), &missing)
+            .expect_err("a CA file with plain HTTP");
+        assert!(err.to_string().contains("plain http://"), "{err}");
         assert!(ClickHouse::new(&opts("http://h", "x;y")).is_err());
         assert!(!format!("{:?}", opts("http://h", "d")).contains("secret"));
     }

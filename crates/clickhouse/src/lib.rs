@@ -23,7 +23,8 @@ pub mod stream;
 mod tsv;
 
 pub use config::{
-    check_identifier, ClickHouse, ClickHouseOptions, Compression, ServerVersion, MIN_SERVER,
+    check_identifier, ClickHouse, ClickHouseOptions, Compression, ServerVersion, TlsOptions,
+    MIN_SERVER,
 };
 pub use error::{Error, Result};
 pub use migrate::{MigrateReport, Migration};

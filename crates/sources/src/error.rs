@@ -33,6 +33,10 @@ pub enum Error {
     /// Building Arrow data failed.
     #[error("arrow: {0}")]
     Arrow(#[from] deltalake::arrow::error::ArrowError),
+    /// Connection settings that cannot work (a TLS file that is not there, a conflict
+    /// between the URL and the pipeline file).
+    #[error("postgres settings: {0}")]
+    Config(String),
     /// The runtime failed (a task panicked or was cancelled).
     #[error("internal: {0}")]
     Internal(String),

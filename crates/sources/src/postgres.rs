@@ -24,6 +24,7 @@ use deltalake::arrow::datatypes::{DataType, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
 use futures::StreamExt as _;
 use lakeshop_stage::{Stage, Table, UpdateWhen, Upsert, UpsertStats, Watermark};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +42,246 @@ pub enum TlsMode {
     Prefer,
     /// Always encrypt; the certificate is not checked (as libpq).
     Require,
-    /// Always encrypt, and check the certificate chain (system roots) and host name.
+    /// Always encrypt, and check the certificate chain (the CA file, else the system roots)
+    /// and that it names the host connected to.
     VerifyFull,
+}
+
+impl TlsMode {
+    /// libpq's name of the mode (`sslmode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+
+    fn from_sslmode(value: &str) -> Result<Self> {
+        match value {
+            "disable" => Ok(TlsMode::Disable),
+            "prefer" => Ok(TlsMode::Prefer),
+            "require" => Ok(TlsMode::Require),
+            "verify-full" => Ok(TlsMode::VerifyFull),
+            other => Err(Error::Config(format!(
+                "sslmode={other} in the URL is not supported: use disable, prefer, require or verify-full"
+            ))),
+        }
+    }
+}
+
+/// TLS settings of a PostgreSQL connection as configured (the pipeline file's
+/// `[postgres]` keys). libpq's own URL parameters (`sslmode`, `sslrootcert`, `sslcert`,
+/// `sslkey`) are honoured too; a setting given both ways with different values is refused
+/// (see [`resolve_tls`]), never silently overridden.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PgTls {
+    /// None: the URL's `sslmode`, else `prefer`.
+    pub mode: Option<TlsMode>,
+    /// PEM file of the CA(s) trusted under `verify-full` (only these then); None: the
+    /// URL's `sslrootcert`, else the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) presented to the server, with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
+/// TLS settings after merging the URL with the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolvedTls {
+    pub mode: TlsMode,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// libpq's TLS parameters of a URL and the URL without them (tokio-postgres knows
+/// `sslmode` only up to `require` and refuses the others as unknown options).
+fn split_url_tls(url: &str) -> Result<(String, Vec<(String, String)>)> {
+    const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
+        return Ok((url.to_string(), Vec::new()));
+    };
+    let mut kept = Vec::new();
+    let mut tls = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if TLS_KEYS.contains(&key) {
+            let value = percent_decode(value).ok_or_else(|| {
+                Error::Config(format!("{key} in the URL: not valid percent-encoded UTF-8"))
+            })?;
+            tls.push((key.to_string(), value));
+        } else {
+            kept.push(pair);
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Merges the URL's libpq TLS parameters with the configured settings: a setting given in
+/// one place is taken from there; given in both with different values, it is an error
+/// naming both, so a pipeline file never silently overrides the URL (or the reverse).
+/// Returns the URL tokio-postgres can parse (without those parameters) and the settings.
+pub fn resolve_tls(url: &str, configured: &PgTls) -> Result<(String, ResolvedTls)> {
+    let (url, params) = split_url_tls(url)?;
+    let mut from_url = PgTls::default();
+    for (key, value) in params {
+        match key.as_str() {
+            "sslmode" => from_url.mode = Some(TlsMode::from_sslmode(&value)?),
+            "sslrootcert" => from_url.ca_file = Some(value.into()),
+            "sslcert" => from_url.cert_file = Some(value.into()),
+            _ => from_url.key_file = Some(value.into()),
+        }
+    }
+    fn pick<T: PartialEq + Clone>(
+        config_key: &str,
+        url_key: &str,
+        configured: &Option<T>,
+        in_url: &Option<T>,
+        show: impl Fn(&T) -> String,
+    ) -> Result<Option<T>> {
+        match (configured, in_url) {
+            (Some(c), Some(u)) if c != u => Err(Error::Config(format!(
+                "postgres.{config_key} = {:?} conflicts with {url_key}={} in postgres.url: set it in one place",
+                show(c),
+                show(u)
+            ))),
+            (Some(c), _) => Ok(Some(c.clone())),
+            (None, u) => Ok(u.clone()),
+        }
+    }
+    let path = |p: &PathBuf| p.display().to_string();
+    let mode = pick("tls", "sslmode", &configured.mode, &from_url.mode, |m| {
+        m.name().to_string()
+    })?
+    .unwrap_or_default();
+    let resolved = ResolvedTls {
+        mode,
+        ca_file: pick(
+            "ca_file",
+            "sslrootcert",
+            &configured.ca_file,
+            &from_url.ca_file,
+            path,
+        )?,
+        cert_file: pick(
+            "cert_file",
+            "sslcert",
+            &configured.cert_file,
+            &from_url.cert_file,
+            path,
+        )?,
+        key_file: pick(
+            "key_file",
+            "sslkey",
+            &configured.key_file,
+            &from_url.key_file,
+            path,
+        )?,
+    };
+    if resolved.ca_file.is_some() && mode != TlsMode::VerifyFull {
+        return Err(Error::Config(format!(
+            "a CA file (postgres.ca_file or sslrootcert) is only used by verify-full, but the TLS mode is {}",
+            mode.name()
+        )));
+    }
+    if resolved.cert_file.is_some() != resolved.key_file.is_some() {
+        return Err(Error::Config(
+            "a client certificate needs both postgres.cert_file and postgres.key_file (or sslcert and sslkey)".into(),
+        ));
+    }
+    if resolved.cert_file.is_some() && mode == TlsMode::Disable {
+        return Err(Error::Config(
+            "a client certificate is set but the TLS mode is disable".into(),
+        ));
+    }
+    Ok((url, resolved))
+}
+
+/// The rustls client configuration of the resolved settings.
+fn client_tls_config(tls: &ResolvedTls) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::Config(format!("{what} {}: {e}", path.display()))
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?;
+    let builder = if tls.mode == TlsMode::VerifyFull {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad("CA file", path, &e))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad("CA file", path, &e))?;
+                if certs.is_empty() {
+                    return Err(bad("CA file", path, &"no PEM certificate in the file"));
+                }
+                for cert in certs {
+                    roots.add(cert).map_err(|e| bad("CA file", path, &e))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+    };
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad("client certificate", cert, &e))?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| bad("client certificate", cert, &e))?;
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| bad("client key", key, &e))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad("client certificate", cert, &e))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// Accepts any server certificate but still checks the handshake signatures: encryption
@@ -115,7 +354,7 @@ impl Dimension {
 #[derive(Debug, Clone)]
 pub struct PgSourceConfig {
     pub url: String,
-    pub tls: TlsMode,
+    pub tls: PgTls,
     pub dimension: Dimension,
     /// Source table, optionally schema-qualified (`public.clients`).
     pub source_table: String,
@@ -181,31 +420,19 @@ fn pg_err(table: &str) -> impl Fn(tokio_postgres::Error) -> Error + '_ {
     }
 }
 
-/// Connects with the given TLS mode (`VerifyFull` checks the server certificate against the
-/// system roots; `Prefer` and `Require` encrypt without checking it, as libpq does).
-pub async fn connect(url: &str, tls: TlsMode) -> Result<tokio_postgres::Client> {
+/// Connects with the given TLS settings merged with the URL's (see [`resolve_tls`]):
+/// `verify-full` checks the server certificate against the CA file (else the system roots)
+/// and the host name; `prefer` and `require` encrypt without checking it, as libpq does; a
+/// client certificate is presented when one is set.
+pub async fn connect(url: &str, tls: &PgTls) -> Result<tokio_postgres::Client> {
+    let (url, tls) = resolve_tls(url, tls)?;
     let mut config: tokio_postgres::Config = url.parse().map_err(pg_err("connect"))?;
-    config.ssl_mode(match tls {
+    config.ssl_mode(match tls.mode {
         TlsMode::Disable => tokio_postgres::config::SslMode::Disable,
         TlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         TlsMode::Require | TlsMode::VerifyFull => tokio_postgres::config::SslMode::Require,
     });
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("TLS setup: {e}")))?;
-    let tls_config = if tls == TlsMode::VerifyFull {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-            .with_no_client_auth()
-    };
+    let tls_config = client_tls_config(&tls)?;
     let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config);
     let (client, connection) = config.connect(connector).await.map_err(pg_err("connect"))?;
     tokio::spawn(async move {
@@ -373,7 +600,7 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
     // holds each id once), so batches are appended instead of merged.
     let known_new = info.files == 0;
 
-    let mut client = connect(&source.url, source.tls).await?;
+    let mut client = connect(&source.url, &source.tls).await?;
     let src = &source.source_table;
     let tx = client
         .build_transaction()
@@ -547,4 +774,70 @@ pub async fn extract(stage: &Stage, source: &PgSourceConfig) -> Result<PgExtract
         "extract done"
     );
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_tls_parameters_are_honoured_and_conflicts_refused() {
+        let none = PgTls::default();
+        // Nothing anywhere: prefer, the URL untouched.
+        let (url, tls) = resolve_tls("postgres://u@h:5432/db", &none).expect("plain");
+        assert_eq!(
+            (url.as_str(), tls.mode),
+            ("postgres://u@h:5432/db", TlsMode::Prefer)
+        );
+        // The URL's libpq parameters are taken out and honoured; others stay.
+        let (url, tls) = resolve_tls(
+            "postgres://u@h/db?application_name=x&sslmode=verify-full&sslrootcert=%2Fca%20dir%2Fca.pem&sslcert=/c.pem&sslkey=/k.pem",
+            &none,
+        )
+        .expect("from the URL");
+        assert_eq!(url, "postgres://u@h/db?application_name=x");
+        assert_eq!(tls.mode, TlsMode::VerifyFull);
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/ca dir/ca.pem")));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("/k.pem")));
+        // The same value in both places is no conflict; different ones are refused.
+        let configured = PgTls {
+            mode: Some(TlsMode::VerifyFull),
+            ..PgTls::default()
+        };
+        assert!(resolve_tls("postgres://h/db?sslmode=verify-full", &configured).is_ok());
+        let err =
+            resolve_tls("postgres://h/db?sslmode=require", &configured).expect_err("a conflict");
+        let text = err.to_string();
+        assert!(
+            text.contains("postgres.tls") && text.contains("sslmode=require"),
+            "{text}"
+        );
+        let with_ca = PgTls {
+            ca_file: Some("/a.pem".into()),
+            ..configured.clone()
+        };
+        let err =
+            resolve_tls("postgres://h/db?sslrootcert=/b.pem", &with_ca).expect_err("two CA files");
+        assert!(err.to_string().contains("sslrootcert=/b.pem"), "{err}");
+        // Settings that cannot work together.
+        for (url, why) in [
+            ("postgres://h/db?sslmode=verify-ca", "verify-ca"),
+            (
+                "postgres://h/db?sslmode=require&sslrootcert=/a.pem",
+                "only used by",
+            ),
+            ("postgres://h/db?sslcert=/c.pem", "both"),
+            (
+                "postgres://h/db?sslmode=disable&sslcert=/c.pem&sslkey=/k.pem",
+                "disable",
+            ),
+        ] {
+            let err = resolve_tls(url, &none).expect_err(url);
+            assert!(err.to_string().contains(why), "{url}: {err}");
+        }
+        // Key=value connection strings are left to tokio-postgres.
+        let (url, _) = resolve_tls("host=h dbname=db", &none).expect("key=value");
+        assert_eq!(url, "host=h dbname=db");
+    }
 }

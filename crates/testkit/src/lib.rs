@@ -9,6 +9,8 @@ use rdkafka::ClientConfig;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+pub mod tls;
+
 /// Kafka bootstrap servers (`KAFKA_BROKERS`, default 127.0.0.1:9092).
 pub fn kafka_brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
