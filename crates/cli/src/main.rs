@@ -207,6 +207,10 @@ struct GenArgs {
     /// Leave existing rows and topics as they are instead of starting clean.
     #[arg(long)]
     append: bool,
+    /// Create the source product table with Change Data Feed on (`extract products` then
+    /// reads changes from it instead of comparing with the stage).
+    #[arg(long)]
+    products_cdf: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -637,6 +641,7 @@ async fn gen(config: &Config, args: GenArgs) -> Result<()> {
         timezone: config.timezone()?,
         parts: args.only,
         append: args.append,
+        products_cdf: args.products_cdf,
         progress: !args.quiet,
     };
     let targets = lakeshop_gen::Targets {

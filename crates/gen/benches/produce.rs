@@ -26,6 +26,7 @@ fn opts(n: u64) -> GenOptions {
         timezone: chrono_tz::UTC,
         parts: vec![Part::Purchases],
         append: true,
+        products_cdf: false,
         progress: false,
     }
 }

@@ -70,6 +70,9 @@ pub struct GenOptions {
     pub parts: Vec<Part>,
     /// Keep existing rows and table versions instead of replacing them.
     pub append: bool,
+    /// Create the source product table with Change Data Feed on (turned on first for an
+    /// existing table without it).
+    pub products_cdf: bool,
     /// Show a progress bar.
     pub progress: bool,
 }
@@ -162,7 +165,7 @@ pub async fn run(opts: &GenOptions, targets: &Targets) -> Result<Truth> {
         );
     }
     if opts.wants(Part::Products) {
-        let version = products::write(&world, targets, opts.append).await?;
+        let version = products::write(&world, targets, opts.append, opts.products_cdf).await?;
         truth.products_version = Some(version);
         tracing::info!(products = world.products.len(), version, uri = %targets.products_uri, "product table written");
     }
@@ -206,6 +209,7 @@ mod tests {
             timezone: chrono_tz::Europe::Moscow,
             parts: vec![],
             append: false,
+            products_cdf: false,
             progress: false,
         }
     }

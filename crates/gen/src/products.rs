@@ -7,32 +7,62 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 use lakeshop_model::{arrow_schema, money};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::data::World;
 use crate::{Error, Result, Targets};
 
+/// The table property that turns Change Data Feed on.
+pub const CHANGE_DATA_FEED: &str = "delta.enableChangeDataFeed";
+
 /// Writes the catalogue as a new table version (replacing the rows unless `append`) and
-/// returns that version.
-pub async fn write(world: &World, targets: &Targets, append: bool) -> Result<u64> {
+/// returns that version. With `change_data_feed`, a new table is created with Change Data
+/// Feed on, and an existing one without it gets it in a version of its own first (changes
+/// are recorded from then on).
+pub async fn write(
+    world: &World,
+    targets: &Targets,
+    append: bool,
+    change_data_feed: bool,
+) -> Result<u64> {
     let err = |source| Error::Products {
         uri: targets.products_uri.clone(),
         source,
     };
     let batch = batch(world)?;
     let url = deltalake::table::builder::ensure_table_uri(&targets.products_uri).map_err(err)?;
-    let table = DeltaTable::try_from_url_with_storage_options(url, targets.storage_options.clone())
-        .await
-        .map_err(err)?;
-    let table = table
-        .write(vec![batch])
-        .with_save_mode(if append {
-            SaveMode::Append
-        } else {
-            SaveMode::Overwrite
-        })
-        .await
-        .map_err(err)?;
+    let mut table =
+        DeltaTable::try_from_url_with_storage_options(url, targets.storage_options.clone())
+            .await
+            .map_err(err)?;
+    if change_data_feed && table.version().is_some() {
+        let on = table
+            .snapshot()
+            .map_err(err)?
+            .table_config()
+            .enable_change_data_feed;
+        if on != Some(true) {
+            table = table
+                .set_tbl_properties()
+                .with_properties(HashMap::from([(
+                    CHANGE_DATA_FEED.to_string(),
+                    "true".to_string(),
+                )]))
+                .await
+                .map_err(err)?;
+        }
+    }
+    let mut write = table.write(vec![batch]).with_save_mode(if append {
+        SaveMode::Append
+    } else {
+        SaveMode::Overwrite
+    });
+    if change_data_feed {
+        // Applies when the write creates the table.
+        write = write.with_configuration([(CHANGE_DATA_FEED, Some("true"))]);
+    }
+    let table = write.await.map_err(err)?;
     Ok(table.version().unwrap_or_default())
 }
 

@@ -188,27 +188,39 @@ pub async fn extract(stage: &Stage, source: &ProductsSourceConfig) -> Result<Pro
             };
             let ctx = SessionContext::new();
             let candidates = match via_cdf {
+                // Versions that changed no row (OPTIMIZE, a schema or property change)
+                // have no change records: nothing to compare.
+                Some(rows) if rows.iter().all(|b| b.num_rows() == 0) => {
+                    stats.method = ChangeMethod::ChangeDataFeed;
+                    None
+                }
                 Some(rows) => {
                     stats.method = ChangeMethod::ChangeDataFeed;
-                    ctx.read_batches(rows).map_err(df_err(uri))?
+                    Some(ctx.read_batches(rows).map_err(df_err(uri))?)
                 }
                 None => {
                     stats.method = ChangeMethod::Diff;
                     register(&ctx, "source", &src, uri).await?;
-                    stage_columns(&ctx, "source", &stage_schema, uri).await?
+                    Some(stage_columns(&ctx, "source", &stage_schema, uri).await?)
                 }
             };
-            // Only rows that differ from the stage in some column: a rewrite of unchanged
-            // rows (an overwrite, or a change data feed of delete + insert) moves nothing.
-            let staged = stage.open(Table::Products).await?;
-            register(&ctx, "staged", &staged, uri).await?;
-            let old = stage_columns(&ctx, "staged", &stage_schema, uri).await?;
-            candidates
-                .except(old)
-                .map_err(df_err(uri))?
-                .collect()
-                .await
-                .map_err(df_err(uri))?
+            match candidates {
+                None => Vec::new(),
+                Some(candidates) => {
+                    // Only rows that differ from the stage in some column: a rewrite of
+                    // unchanged rows (an overwrite, or a change data feed of delete +
+                    // insert) moves nothing.
+                    let staged = stage.open(Table::Products).await?;
+                    register(&ctx, "staged", &staged, uri).await?;
+                    let old = stage_columns(&ctx, "staged", &stage_schema, uri).await?;
+                    candidates
+                        .except(old)
+                        .map_err(df_err(uri))?
+                        .collect()
+                        .await
+                        .map_err(df_err(uri))?
+                }
+            }
         }
     };
     stats.changed = changed.iter().map(|b| b.num_rows() as u64).sum();
