@@ -167,6 +167,15 @@ impl BatchJob {
         &self,
         days: &[NaiveDate],
     ) -> (Vec<DaySummary>, Option<(NaiveDate, Error)>) {
+        self.run_days_with_progress(days, |_| {}).await
+    }
+
+    /// [`Self::run_days`], calling `on_day` with each day once it is written.
+    pub async fn run_days_with_progress(
+        &self,
+        days: &[NaiveDate],
+        mut on_day: impl FnMut(NaiveDate),
+    ) -> (Vec<DaySummary>, Option<(NaiveDate, Error)>) {
         let mut done = Vec::with_capacity(days.len());
         let mut writing: Option<(NaiveDate, Timed<Built>)> = None;
         for (i, &day) in days.iter().enumerate() {
@@ -186,7 +195,10 @@ impl BatchJob {
             };
             if let Some((prev, written)) = written {
                 match written {
-                    Ok(s) => done.push(s),
+                    Ok(s) => {
+                        on_day(prev);
+                        done.push(s);
+                    }
                     Err(e) => return (done, Some((prev, e))),
                 }
             }
@@ -197,7 +209,10 @@ impl BatchJob {
         }
         if let Some((day, b)) = writing {
             match self.write(b).await {
-                Ok(s) => done.push(s),
+                Ok(s) => {
+                    on_day(day);
+                    done.push(s);
+                }
                 Err(e) => return (done, Some((day, e))),
             }
         }

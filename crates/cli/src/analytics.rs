@@ -90,19 +90,25 @@ pub async fn batch_run(config: &Config, args: BatchRunArgs) -> Result<ExitCode> 
         args.from.as_deref(),
         args.to.as_deref(),
     )?;
-    run_days(config, from, to, args.json).await
+    run_days(config, from, to, args.json, args.quiet).await
 }
 
 pub async fn replay(config: &Config, args: RangeArgs) -> Result<ExitCode> {
     let from = parse_day("--from", &args.from)?;
     let to = parse_day("--to", &args.to)?;
     // Replay is for scripts: the summary is always JSON.
-    run_days(config, from, to, true).await
+    run_days(config, from, to, true, args.quiet).await
 }
 
 /// Runs the batch job over `from..=to` and prints the summary; a failed day stops the run
 /// and makes the exit status non-zero, after the summary of the days done.
-async fn run_days(config: &Config, from: NaiveDate, to: NaiveDate, json: bool) -> Result<ExitCode> {
+async fn run_days(
+    config: &Config,
+    from: NaiveDate,
+    to: NaiveDate,
+    json: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
     let started = Instant::now();
     let days = lakeshop_batch::days(from, to)?;
     let options = BatchOptions {
@@ -113,14 +119,21 @@ async fn run_days(config: &Config, from: NaiveDate, to: NaiveDate, json: bool) -
             config::PiiMode::Drop => PiiMode::Drop,
         },
     };
+    let bar = crate::progress::steps(quiet, days.len() as u64, "batch days");
     let (done, error) =
         match BatchJob::new(crate::stage(config), clickhouse(config)?, options).await {
             Ok(job) => {
-                let (done, failure) = job.run_days(&days).await;
+                let (done, failure) = job
+                    .run_days_with_progress(&days, |day| {
+                        bar.set_message(format!("batch {day}"));
+                        bar.inc(1);
+                    })
+                    .await;
                 (done, failure.map(|(day, e)| format!("day {day}: {e}")))
             }
             Err(e) => (Vec::new(), Some(format!("batch: {e}"))),
         };
+    bar.finish_and_clear();
     let summary = RunSummary::new(from, to, options.pii, done, error, started);
     if json {
         outln!("{}", serde_json::to_string(&summary)?);

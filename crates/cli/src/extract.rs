@@ -33,7 +33,7 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
     match cmd {
         ExtractCommand::Clients(args) => print(dimension(config, &args, Dimension::Clients).await?),
         ExtractCommand::Sellers(args) => print(dimension(config, &args, Dimension::Sellers).await?),
-        ExtractCommand::Products(_) => print(products(config).await?),
+        ExtractCommand::Products(args) => print(products(config, &args).await?),
         ExtractCommand::Purchases(args) => {
             print(events(config, &args, EventKind::Purchases).await?)
         }
@@ -48,7 +48,7 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
             let (c, s, p, pu, i) = tokio::try_join!(
                 dimension(config, &args, Dimension::Clients),
                 dimension(config, &args, Dimension::Sellers),
-                products(config),
+                products(config, &args),
                 events(config, &args, EventKind::Purchases),
                 events(config, &args, EventKind::Interactions),
             )?;
@@ -64,21 +64,6 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
 fn print(summary: serde_json::Value) -> Result<ExitCode> {
     outln!("{summary}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn progress_bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
-    if quiet {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {msg}: {human_pos} rows, {per_sec}, {elapsed}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_string());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
 }
 
 async fn dimension(
@@ -104,7 +89,7 @@ async fn dimension(
         overlap: lakeshop_sources::postgres::DEFAULT_OVERLAP,
         progress: progress.clone(),
     };
-    let bar = progress_bar(args.quiet, name);
+    let bar = crate::progress::counter(args.quiet, name, "rows");
     let ticker = {
         let bar = bar.clone();
         let progress = progress.clone();
@@ -134,14 +119,15 @@ async fn dimension(
     }))
 }
 
-async fn products(config: &Config) -> Result<serde_json::Value> {
+async fn products(config: &Config, args: &ExtractArgs) -> Result<serde_json::Value> {
     let source = ProductsSourceConfig {
         uri: config.products.uri.clone(),
         storage_options: config.s3.storage_options(),
     };
-    let stats = lakeshop_sources::products::extract(&stage(config), &source)
-        .await
-        .context("extract products")?;
+    let bar = crate::progress::spinner(args.quiet, "products: new source versions");
+    let done = lakeshop_sources::products::extract(&stage(config), &source).await;
+    bar.finish_and_clear();
+    let stats = done.context("extract products")?;
     let mut v = serde_json::to_value(&stats)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("source".into(), "products".into());
@@ -181,7 +167,21 @@ async fn events(config: &Config, args: &ExtractArgs, kind: EventKind) -> Result<
     } else {
         None
     };
+    // Draining to the end shows how far it got; following is a service and logs instead.
+    let bar = crate::progress::counter(args.quiet || args.follow, role, "records");
+    let ticker = {
+        let bar = bar.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(metrics.consumed.get());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let done = lakeshop_sources::kafka::extract(&stage(config), &source).await;
+    ticker.abort();
+    bar.finish_and_clear();
     signals.abort();
     drop(server);
     let stats = done.with_context(|| format!("extract {role}"))?;

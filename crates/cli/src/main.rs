@@ -20,6 +20,7 @@ mod analytics;
 mod config;
 mod dead_letters;
 mod extract;
+mod progress;
 mod reconcile;
 mod serve;
 mod stage_cmd;
@@ -340,6 +341,9 @@ struct BatchRunArgs {
     /// Print the run summary as JSON.
     #[arg(long)]
     json: bool,
+    /// No progress bar (there is none either when stderr is not a terminal).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +354,9 @@ struct RangeArgs {
     /// Last day (inclusive), YYYY-MM-DD.
     #[arg(long)]
     to: String,
+    /// No progress bar (there is none either when stderr is not a terminal).
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
