@@ -47,19 +47,7 @@ async fn digests(world: &World) -> Result<Vec<(String, (usize, String))>> {
 
 async fn end_to_end(kind: StageKind) -> Result<()> {
     let started = Instant::now();
-    let purchases_topic = lakeshop_testkit::unique("purchases");
-    let interactions_topic = lakeshop_testkit::unique("interactions");
-    lakeshop_testkit::create_topic(&purchases_topic, 3).await?;
-    lakeshop_testkit::create_topic(&interactions_topic, 1).await?;
-    let world = World::new(
-        kind,
-        Setup {
-            pg_url: Some(lakeshop_testkit::fresh_database("batch_test").await?),
-            purchases_topic: Some(purchases_topic),
-            interactions_topic: Some(interactions_topic),
-            ..Default::default()
-        },
-    )?;
+    let world = World::new(kind, Setup::all_sources("batch_test").await?)?;
     let truth_path = world.dir.path().join("truth.json");
     world.run(&[
         "gen",

@@ -59,6 +59,23 @@ pub struct Setup {
     pub timezone: Option<&'static str>,
 }
 
+impl Setup {
+    /// Every source `gen` writes: fresh purchases (3 partitions) and interactions topics and
+    /// a fresh PostgreSQL database named after `prefix`.
+    pub async fn all_sources(prefix: &str) -> Result<Self> {
+        let purchases_topic = lakeshop_testkit::unique("purchases");
+        let interactions_topic = lakeshop_testkit::unique("interactions");
+        lakeshop_testkit::create_topic(&purchases_topic, 3).await?;
+        lakeshop_testkit::create_topic(&interactions_topic, 1).await?;
+        Ok(Self {
+            pg_url: Some(lakeshop_testkit::fresh_database(prefix).await?),
+            purchases_topic: Some(purchases_topic),
+            interactions_topic: Some(interactions_topic),
+            ..Default::default()
+        })
+    }
+}
+
 impl World {
     pub fn new(kind: StageKind, setup: Setup) -> Result<Self> {
         let dir = tempfile::tempdir()?;
