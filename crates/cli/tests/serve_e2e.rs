@@ -558,36 +558,16 @@ fn curl(args: &[&str], url: &str) -> Result<(bool, u16, String)> {
     ))
 }
 
-/// `serve` over HTTPS with a certificate made here (openssl), checked by curl against that
-/// CA; plain HTTP to the port gets no answer. With `rate_limit` on, a client over its burst
-/// gets 429 with `Retry-After`, another client (token) still gets through.
+/// `serve` over HTTPS with a certificate from a CA made here (openssl), checked by curl
+/// against that CA; plain HTTP to the port gets no answer. With `rate_limit` on, a client
+/// over its burst gets 429 with `Retry-After`, another client (token) still gets through.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_speaks_https_and_limits_each_clients_rate() -> Result<()> {
     let world = api_world().await?;
     let dir = world.dir.path();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=lakeshop-test"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ca = lakeshop_testkit::tls::TestCa::new(&dir.join("ca"), "lakeshop-test-ca")?;
+    let server_cert = ca.server("lakeshop-test", &["IP:127.0.0.1"])?;
+    let (cert, key) = (server_cert.cert, server_cert.key);
     let mut text = std::fs::read_to_string(&world.pipeline)?;
     text.push_str(&format!(
         "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nrate_limit = 0.1\nrate_limit_burst = 3\n",
@@ -597,7 +577,7 @@ async fn serve_speaks_https_and_limits_each_clients_rate() -> Result<()> {
     std::fs::write(&world.pipeline, text)?;
     let server = Served::start(&world)?;
     let https = server.base.replace("http://", "https://");
-    let ca = cert.to_string_lossy().to_string();
+    let ca = ca.cert.to_string_lossy().to_string();
 
     // Without the CA, curl refuses the certificate; with it, the answer comes over TLS.
     let (ok, _, _) = curl(&[], &format!("{https}/openapi.json"))?;
