@@ -72,6 +72,13 @@ fn clickhouse_url() -> String {
     std::env::var("CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
 }
 
+/// `[clickhouse] compression` of the loader: `none` by default, as suits the local server
+/// and as baseline A sends its rows (clickhouse-driver's default);
+/// `LAKESHOP_BENCH_CLICKHOUSE_COMPRESSION=lz4` measures the other.
+fn clickhouse_compression() -> String {
+    std::env::var("LAKESHOP_BENCH_CLICKHOUSE_COMPRESSION").unwrap_or_else(|_| "none".into())
+}
+
 fn clickhouse_user() -> String {
     std::env::var("CLICKHOUSE_USER").unwrap_or_else(|_| "default".into())
 }
@@ -234,7 +241,7 @@ impl<'a> World<'a> {
                  [s3]\nendpoint = \"{}\"\n\
                  [products]\nuri = \"{}\"\n\
                  [stage]\nuri = \"{}\"\n\
-                 [clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{}\"\npassword = \"${{CLICKHOUSE_PASSWORD:-}}\"\n\
+                 [clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{}\"\npassword = \"${{CLICKHOUSE_PASSWORD:-}}\"\ncompression = \"{}\"\n\
                  [stream]\nflush_interval = \"200ms\"\n",
                 lakeshop_testkit::unique("bench"),
                 dims.pg_url,
@@ -244,6 +251,7 @@ impl<'a> World<'a> {
                 dims.stage.display(),
                 clickhouse_url(),
                 clickhouse_user(),
+                clickhouse_compression(),
             ),
         )?;
         let world = Self {
@@ -479,6 +487,7 @@ async fn throughput(dir: &Path, dims: &Dims, databases: &mut Vec<String>) -> Res
         "gen_seconds": gen.wall,
         "dims": {"clients": dims.clients, "sellers": dims.sellers, "products": dims.products, "seconds": dims_seconds},
         "loader": {
+            "clickhouse_compression": clickhouse_compression(),
             "stats": stats,
             "seconds": run.wall,
             "idle_seconds": IDLE_SECONDS,
@@ -972,6 +981,7 @@ async fn keys(dir: &Path, databases: &mut Vec<String>) -> Result<Value> {
         "minute_product_windows_in_one_hour": in_one_hour,
         "hour_product_windows": hour_keys,
         "loader": {
+            "clickhouse_compression": clickhouse_compression(),
             "stats": stats,
             "seconds": run.wall,
             "events_per_s": records as f64 / (run.wall - IDLE_SECONDS),

@@ -110,6 +110,16 @@ impl RowBinary {
         self.rows += std::mem::take(&mut other.rows);
     }
 
+    /// Bytes encoded.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Room for `bytes` more without reallocating.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.buf.reserve(bytes);
+    }
+
     /// Forgets every row (keeps the allocation).
     pub fn clear(&mut self) {
         self.rows = 0;

@@ -516,6 +516,7 @@ impl Loop {
         let mut rejects = RowBinary::new();
         let mut checkpoints = RowBinary::new();
         let mut covers = Vec::with_capacity(self.states.len());
+        purchases.reserve(self.states.values().map(|s| s.purchases_len()).sum());
         for (p, st) in self.states.iter_mut() {
             st.take_purchases(&mut purchases);
             st.window_rows(&mut windows);

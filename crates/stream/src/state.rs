@@ -8,7 +8,7 @@
 //! again from the checkpoint) each record lands in each window exactly once, whether or not
 //! the window's row had been written before the crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::Hasher as _;
 use std::sync::Arc;
 
@@ -19,6 +19,12 @@ use lakeshop_model::{parse_purchase, Purchase};
 
 use crate::calendar::{Calendar, Granularity};
 use crate::dims::{Dims, Key, Keys};
+
+mod seen;
+mod windows;
+
+use seen::{Seen, SeenIds};
+use windows::Windows;
 
 /// What a record counts under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,40 +72,12 @@ pub enum Outcome {
     Skipped,
 }
 
-/// One window of one dimension key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct WindowKey {
-    pub granularity: Granularity,
-    pub start: i64,
-    pub dim: Dim,
-    pub key: Key,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Agg {
-    /// Cents.
-    revenue: i128,
-    purchases: u64,
-    items: u64,
-    version: u64,
-    end: i64,
-    date: i32,
-    dirty: bool,
-}
-
 #[derive(Debug, Clone, Default)]
 struct Counter {
     records: u64,
     version: u64,
     date: i32,
     dirty: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    offset: i64,
-    hash: u64,
-    ts: i64,
 }
 
 /// A stable hash of what makes two arrivals of one purchase id the same purchase (the
@@ -175,16 +153,19 @@ pub struct PartitionState {
     pub watermark: i64,
     /// Newest event or Kafka time seen (UTC seconds): the minute of reject counters.
     pub clock: i64,
-    windows: HashMap<WindowKey, Agg, foldhash::fast::RandomState>,
-    dirty_windows: Vec<WindowKey>,
-    /// Windows whose rows are in the flush in flight (clean unless changed since).
-    flying_windows: Vec<WindowKey>,
+    windows: Windows,
+    /// The total's window of each granularity last folded into (start, slot): records
+    /// arrive nearly in time order, so most find it here without a lookup.
+    totals: [Option<(i64, u32)>; 3],
+    /// Slots of the windows changed since the last flush began.
+    dirty_windows: Vec<u32>,
+    /// Slots of the windows whose rows are in the flush in flight (clean unless changed since).
+    flying_windows: Vec<u32>,
     rejects: HashMap<(i64, &'static str), Counter, foldhash::fast::RandomState>,
     dirty_rejects: Vec<(i64, &'static str)>,
     flying_rejects: Vec<(i64, &'static str)>,
-    seen: HashMap<u128, Seen, foldhash::fast::RandomState>,
-    /// Ids in the order seen, to forget them once their time is past the lateness.
-    seen_order: VecDeque<(i64, u128)>,
+    /// Ids counted, oldest first, forgotten once their time is past the lateness.
+    seen: SeenIds,
     /// Keys recorded for counted purchases at or after the restored checkpoint: a record read
     /// again counts under the keys it counted under before, whatever the cache says now.
     replay_keys: HashMap<i64, Keys>,
@@ -219,14 +200,14 @@ impl PartitionState {
             next: restored.next_offset,
             watermark: restored.watermark,
             clock: restored.clock,
-            windows: HashMap::default(),
+            windows: Windows::default(),
+            totals: [None; 3],
             dirty_windows: Vec::new(),
             flying_windows: Vec::new(),
             rejects: HashMap::default(),
             dirty_rejects: Vec::new(),
             flying_rejects: Vec::new(),
-            seen: HashMap::default(),
-            seen_order: VecDeque::new(),
+            seen: SeenIds::default(),
             replay_keys: HashMap::new(),
             purchases: RowBinary::new(),
             counted_times: Vec::new(),
@@ -243,23 +224,13 @@ impl PartitionState {
                 Dim::Category => dims.stored_keys("", &w.key, "").category,
                 Dim::Seller | Dim::Product => Key::stored_id(&w.key),
             };
-            s.windows.insert(
-                WindowKey {
-                    granularity,
-                    start: w.window_start,
-                    dim,
-                    key,
-                },
-                Agg {
-                    revenue: w.revenue,
-                    purchases: w.purchases,
-                    items: w.items,
-                    version: w.version,
-                    end: span.end,
-                    date: span.date,
-                    dirty: false,
-                },
-            );
+            let code = s.windows.code(&key);
+            let i = s.windows.entry(granularity, span, dim, code);
+            let slot = s.windows.slot_mut(i);
+            slot.revenue = w.revenue;
+            slot.purchases = w.purchases;
+            slot.items = w.items;
+            slot.version = w.version;
         }
         for r in restored.rejects {
             let date = s.calendar.span(Granularity::Day, r.minute_start).date;
@@ -280,7 +251,7 @@ impl PartitionState {
                 continue;
             };
             let id = id.as_u128();
-            if s.seen.contains_key(&id) {
+            if s.seen.get(id).is_some() {
                 continue;
             }
             s.seen.insert(
@@ -291,7 +262,6 @@ impl PartitionState {
                     ts: c.timestamp,
                 },
             );
-            s.seen_order.push_back((c.timestamp, id));
             if c.offset >= s.next {
                 s.replay_keys.insert(
                     c.offset,
@@ -360,7 +330,7 @@ impl PartitionState {
         let horizon = self.watermark - self.settings.lateness;
         let seen = self
             .seen
-            .get(&id)
+            .get(id)
             .filter(|s| s.offset == offset || s.ts >= horizon);
         let replayed = match seen {
             Some(s) if s.offset != offset => {
@@ -388,43 +358,37 @@ impl PartitionState {
         let version = offset as u64 + 1;
         let calendar = &mut self.calendar;
         let spans = Granularity::ALL.map(|g| (g, calendar.span(g, ts)));
-        for (g, span) in spans {
-            for dim in Dim::ALL {
-                let key = match dim {
-                    Dim::Total => Key::Total,
-                    Dim::Seller => keys.seller.clone(),
-                    Dim::Category => keys.category.clone(),
-                    Dim::Product => keys.product.clone(),
+        let codes = [
+            self.windows.code(&Key::Total),
+            self.windows.code(&keys.seller),
+            self.windows.code(&keys.category),
+            self.windows.code(&keys.product),
+        ];
+        for (gi, (g, span)) in spans.into_iter().enumerate() {
+            for (dim, code) in Dim::ALL.into_iter().zip(codes) {
+                let i = match (dim, self.totals[gi]) {
+                    (Dim::Total, Some((start, i))) if start == span.start => i,
+                    (Dim::Total, _) => {
+                        let i = self.windows.entry(g, span, dim, code);
+                        self.totals[gi] = Some((span.start, i));
+                        i
+                    }
+                    _ => self.windows.entry(g, span, dim, code),
                 };
-                let wk = WindowKey {
-                    granularity: g,
-                    start: span.start,
-                    dim,
-                    key,
-                };
-                let agg = match self.windows.get_mut(&wk) {
-                    Some(a) => a,
-                    None => self.windows.entry(wk.clone()).or_insert(Agg {
-                        end: span.end,
-                        date: span.date,
-                        ..Agg::default()
-                    }),
-                };
-                if version > agg.version {
-                    agg.revenue += amount;
-                    agg.purchases += 1;
-                    agg.items += u64::from(p.quantity);
-                    agg.version = version;
-                    if !agg.dirty {
-                        agg.dirty = true;
-                        self.dirty_windows.push(wk);
+                let w = self.windows.slot_mut(i);
+                if version > w.version {
+                    w.revenue += amount;
+                    w.purchases += 1;
+                    w.items += u64::from(p.quantity);
+                    w.version = version;
+                    if self.windows.mark_dirty(i) {
+                        self.dirty_windows.push(i);
                     }
                 }
             }
         }
         if !replayed {
             self.seen.insert(id, Seen { offset, hash, ts });
-            self.seen_order.push_back((ts, id));
             let [(_, minute), (_, hour), (_, day)] = spans;
             let (mut id_buf, mut client_buf) =
                 (uuid::Uuid::encode_buffer(), uuid::Uuid::encode_buffer());
@@ -458,6 +422,11 @@ impl PartitionState {
             || !self.purchases.is_empty()
     }
 
+    /// Bytes of counted-purchase rows waiting for a flush.
+    pub fn purchases_len(&self) -> usize {
+        self.purchases.len()
+    }
+
     /// Moves this partition's counted-purchase rows to the end of `out`.
     pub fn take_purchases(&mut self, out: &mut RowBinary) {
         out.append(&mut self.purchases);
@@ -465,15 +434,13 @@ impl PartitionState {
 
     /// Encodes every window changed since the last acknowledged flush (full state).
     pub fn window_rows(&self, out: &mut RowBinary) {
-        for wk in &self.dirty_windows {
-            let Some(a) = self.windows.get(wk) else {
-                continue;
-            };
-            out.string(wk.granularity.as_str())
-                .datetime(wk.start)
+        for &i in &self.dirty_windows {
+            let a = self.windows.slot(i);
+            out.string(a.granularity().as_str())
+                .datetime(a.start)
                 .date(a.date)
-                .string(wk.dim.as_str());
-            wk.key.with_str(|k| out.string(k));
+                .string(a.dim().as_str());
+            self.windows.with_key_str(i, |k| out.string(k));
             out.string(&self.settings.topic)
                 .u16(self.part as u16)
                 .decimal128(a.revenue)
@@ -524,11 +491,9 @@ impl PartitionState {
     /// until a record changes them again, and held as in flight until the flush ends. Returns
     /// the event times (ms) of the purchases counted since the previous flush.
     pub fn begin_flush(&mut self) -> Vec<i64> {
-        for wk in std::mem::take(&mut self.dirty_windows) {
-            if let Some(a) = self.windows.get_mut(&wk) {
-                a.dirty = false;
-                self.flying_windows.push(wk);
-            }
+        for i in std::mem::take(&mut self.dirty_windows) {
+            self.windows.mark_clean(i);
+            self.flying_windows.push(i);
         }
         for k in std::mem::take(&mut self.dirty_rejects) {
             if let Some(c) = self.rejects.get_mut(&k) {
@@ -548,12 +513,9 @@ impl PartitionState {
     /// The flush in flight failed: its windows and counters are changed again, so the next
     /// flush writes their current (full) state.
     pub fn flush_failed(&mut self) {
-        for wk in std::mem::take(&mut self.flying_windows) {
-            if let Some(a) = self.windows.get_mut(&wk) {
-                if !a.dirty {
-                    a.dirty = true;
-                    self.dirty_windows.push(wk);
-                }
+        for i in std::mem::take(&mut self.flying_windows) {
+            if self.windows.mark_dirty(i) {
+                self.dirty_windows.push(i);
             }
         }
         for k in std::mem::take(&mut self.flying_rejects) {
@@ -575,19 +537,12 @@ impl PartitionState {
         }
         let wm = self.watermark;
         let lateness = self.settings.lateness;
-        self.windows.retain(|_, a| a.dirty || a.end + lateness > wm);
+        self.windows.evict(|w| w.end() + lateness <= wm);
+        // Slots may have been freed and reused.
+        self.totals = [None; 3];
         let minute = self.clock.div_euclid(60) * 60;
         self.rejects.retain(|k, c| c.dirty || k.0 >= minute);
-        let horizon = wm - lateness;
-        while let Some(&(ts, id)) = self.seen_order.front() {
-            if ts >= horizon {
-                break;
-            }
-            self.seen_order.pop_front();
-            if self.seen.get(&id).is_some_and(|s| s.ts == ts) {
-                self.seen.remove(&id);
-            }
-        }
+        self.seen.forget_before(wm - lateness);
         if !self.replay_keys.is_empty() {
             let next = self.next;
             self.replay_keys.retain(|o, _| *o >= next);
@@ -600,17 +555,18 @@ impl PartitionState {
     pub fn dirty_window_states(&self) -> Vec<WindowState> {
         self.dirty_windows
             .iter()
-            .filter_map(|wk| {
-                self.windows.get(wk).map(|a| WindowState {
-                    granularity: wk.granularity.as_str().to_string(),
-                    window_start: wk.start,
-                    dim: wk.dim.as_str().to_string(),
-                    key: wk.key.to_string(),
+            .map(|&i| {
+                let a = self.windows.slot(i);
+                WindowState {
+                    granularity: a.granularity().as_str().to_string(),
+                    window_start: a.start,
+                    dim: a.dim().as_str().to_string(),
+                    key: self.windows.key(i).to_string(),
                     revenue: a.revenue,
                     purchases: a.purchases,
                     items: a.items,
                     version: a.version,
-                })
+                }
             })
             .collect()
     }

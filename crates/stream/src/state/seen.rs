@@ -1,0 +1,134 @@
+//! The purchase ids a partition counted within the lateness, in the order counted: a ring of
+//! fixed-size entries (40 bytes) with a hash index of their sequence numbers (4 bytes per
+//! bucket). The oldest entries leave from the front once their event time is past the
+//! horizon, so the ring is also the eviction order.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher as _;
+
+use hashbrown::HashTable;
+
+/// What is kept of a counted purchase id.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    pub offset: i64,
+    pub hash: u64,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// The id's halves (two `u64`, not a `u128`: 8-byte alignment keeps the entry at 40 bytes).
+    id: [u64; 2],
+    seen: Seen,
+}
+
+fn halves(id: u128) -> [u64; 2] {
+    [(id >> 64) as u64, id as u64]
+}
+
+/// Counted ids, oldest first.
+#[derive(Debug, Default)]
+pub struct SeenIds {
+    entries: VecDeque<Entry>,
+    /// Sequence number of the front entry; the index holds sequence numbers modulo 2^32.
+    base: u64,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl SeenIds {
+    /// Ids held.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn position(&self, seq: u32) -> usize {
+        seq.wrapping_sub(self.base as u32) as usize
+    }
+
+    /// What was kept of `id`.
+    pub fn get(&self, id: u128) -> Option<&Seen> {
+        let id = halves(id);
+        let hash = self.hasher.hash_one(id);
+        self.index
+            .find(hash, |&s| self.entries[self.position(s)].id == id)
+            .map(|&s| &self.entries[self.position(s)].seen)
+    }
+
+    /// Keeps `seen` for `id`, replacing what was kept; it leaves with the ids counted now.
+    pub fn insert(&mut self, id: u128, seen: Seen) {
+        let id = halves(id);
+        let hash = self.hasher.hash_one(id);
+        let seq = (self.base + self.entries.len() as u64) as u32;
+        self.entries.push_back(Entry { id, seen });
+        let (entries, base, hasher) = (&self.entries, self.base as u32, &self.hasher);
+        let at = |s: u32| s.wrapping_sub(base) as usize;
+        match self.index.find_mut(hash, |&s| entries[at(s)].id == id) {
+            Some(s) => *s = seq,
+            None => {
+                self.index
+                    .insert_unique(hash, seq, |&s| hasher.hash_one(entries[at(s)].id));
+            }
+        }
+    }
+
+    /// Forgets the oldest ids whose event time is before `horizon`, stopping at the first
+    /// that is not (ids arrive nearly in time order; a late one waits for its elders).
+    pub fn forget_before(&mut self, horizon: i64) {
+        while let Some(front) = self.entries.front() {
+            if front.seen.ts >= horizon {
+                break;
+            }
+            let id = front.id;
+            let seq = self.base as u32;
+            let hash = self.hasher.hash_one(id);
+            // Only when the index still points here: a later count of the same id replaced it.
+            if let Ok(e) = self.index.find_entry(hash, |&s| s == seq) {
+                e.remove();
+            }
+            self.entries.pop_front();
+            self.base += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(offset: i64, ts: i64) -> Seen {
+        Seen {
+            offset,
+            hash: offset as u64 * 7,
+            ts,
+        }
+    }
+
+    #[test]
+    fn ids_leave_oldest_first_and_a_recount_outlives_its_first_count() {
+        let mut ids = SeenIds::default();
+        for i in 0..1000u128 {
+            ids.insert(i << 64 | i, seen(i as i64, 100 + i as i64));
+        }
+        // Id 5 counted again later (its first count expired): the newer entry stays.
+        ids.insert(5 << 64 | 5, seen(2000, 5000));
+        assert_eq!(ids.len(), 1000);
+        ids.forget_before(600);
+        assert_eq!(ids.len(), 501, "ids 500..1000 and the recounted 5");
+        assert!(ids.get(499 << 64 | 499).is_none());
+        assert_eq!(ids.get(500 << 64 | 500).map(|s| s.offset), Some(500));
+        assert_eq!(
+            ids.get(5 << 64 | 5).map(|s| (s.offset, s.ts)),
+            Some((2000, 5000))
+        );
+        ids.forget_before(1100);
+        assert_eq!(ids.len(), 1);
+        ids.forget_before(5001);
+        assert_eq!(ids.len(), 0);
+        assert!(ids.get(5 << 64 | 5).is_none());
+        // The ring goes on numbering after it emptied.
+        ids.insert(7, seen(1, 1));
+        assert_eq!(ids.get(7).map(|s| s.offset), Some(1));
+    }
+}
