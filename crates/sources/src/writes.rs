@@ -186,11 +186,7 @@ pub async fn upsert_products(
     let source = ctx
         .read_batch(batch)
         .map_err(|e| err(deltalake::DeltaTableError::from(e)))?;
-    let columns: Vec<String> = arrow_schema::product()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
+    let columns = lakeshop_stage::column_names(&arrow_schema::product());
     let (table, metrics) = table
         .merge(
             source,
@@ -198,17 +194,9 @@ pub async fn upsert_products(
         )
         .with_source_alias("source")
         .with_target_alias("target")
-        .when_matched_update(|u| {
-            columns
-                .iter()
-                .fold(u, |u, c| u.update(c.as_str(), col(format!("source.{c}"))))
-        })
+        .when_matched_update(|u| lakeshop_stage::update_all(u, &columns))
         .map_err(err)?
-        .when_not_matched_insert(|i| {
-            columns
-                .iter()
-                .fold(i, |i, c| i.set(c.as_str(), col(format!("source.{c}"))))
-        })
+        .when_not_matched_insert(|i| lakeshop_stage::insert_all(i, &columns))
         .map_err(err)?
         .await
         .map_err(err)?;

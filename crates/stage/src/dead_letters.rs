@@ -110,12 +110,7 @@ impl Stage {
             return Ok(0);
         }
         let handle = self.open(table).await?;
-        let columns: Vec<String> = table
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = crate::column_names(&table.schema());
         let ctx = SessionContext::new();
         let source = ctx.read_batch(batch).map_err(df_err(table))?;
         let on = col("target.source_topic")
@@ -129,11 +124,7 @@ impl Stage {
             .with_target_alias("target")
             .with_writer_properties(table.writer_properties())
             .with_commit_properties(CommitProperties::default().with_max_retries(20))
-            .when_not_matched_insert(|i| {
-                columns
-                    .iter()
-                    .fold(i, |i, c| i.set(c.as_str(), col(format!("source.{c}"))))
-            })
+            .when_not_matched_insert(|i| crate::insert_all(i, &columns))
             .map_err(err)?
             .await
             .map_err(err)?;

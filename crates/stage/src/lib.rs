@@ -36,7 +36,9 @@ use std::sync::{Arc, Mutex};
 pub use dead_letters::{DeadLetterFilter, KafkaPosition};
 pub use error::{Error, Result};
 pub use maintain::{OptimizeReport, TableInfo, VacuumReport};
-pub use upsert::{UpdateWhen, Upsert, UpsertStats, Watermark};
+pub use upsert::{
+    column_names, insert_all, update_all, UpdateWhen, Upsert, UpsertStats, Watermark,
+};
 
 /// Streams `batch` into `writer`, one partition at a time. Event rows arrive nearly in time
 /// order, so a flush usually holds one day, sometimes two: the batch is split on the

@@ -9,9 +9,29 @@ use deltalake::datafusion::prelude::{col, lit, SessionContext};
 use deltalake::datafusion::scalar::ScalarValue;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::operations::merge::{InsertBuilder, UpdateBuilder};
 use deltalake::protocol::SaveMode;
 
 use crate::{Error, Result, Stage, Table};
+
+/// The names of `schema`'s columns, in order: what a MERGE sets.
+pub fn column_names(schema: &deltalake::arrow::datatypes::Schema) -> Vec<String> {
+    schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
+/// A MERGE insert clause setting each of `columns` from the `source` alias.
+pub fn insert_all(i: InsertBuilder, columns: &[String]) -> InsertBuilder {
+    columns
+        .iter()
+        .fold(i, |i, c| i.set(c.as_str(), col(format!("source.{c}"))))
+}
+
+/// A MERGE update clause setting each of `columns` from the `source` alias.
+pub fn update_all(u: UpdateBuilder, columns: &[String]) -> UpdateBuilder {
+    columns
+        .iter()
+        .fold(u, |u, c| u.update(c.as_str(), col(format!("source.{c}"))))
+}
 
 /// When a matched row is replaced by the incoming one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,12 +166,7 @@ impl Stage {
             });
         }
 
-        let columns: Vec<String> = table
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
+        let columns = column_names(&table.schema());
         let ctx = SessionContext::new();
         let source = ctx.read_batches(batches).map_err(|e| Error::Delta {
             operation: "upsert source",
@@ -212,17 +227,9 @@ impl Stage {
             .with_target_alias("target")
             .with_writer_properties(table.writer_properties())
             .with_commit_properties(props)
-            .when_matched_update(|u| {
-                columns.iter().fold(u.predicate(newer), |u, c| {
-                    u.update(c.as_str(), col(format!("source.{c}")))
-                })
-            })
+            .when_matched_update(|u| update_all(u.predicate(newer), &columns))
             .map_err(Self::delta_err("upsert", table))?
-            .when_not_matched_insert(|i| {
-                columns
-                    .iter()
-                    .fold(i, |i, c| i.set(c.as_str(), col(format!("source.{c}"))))
-            })
+            .when_not_matched_insert(|i| insert_all(i, &columns))
             .map_err(Self::delta_err("upsert", table))?;
         if let Some(at) = upsert.mark_missing_deleted {
             let at = lit(ScalarValue::TimestampMicrosecond(
