@@ -43,7 +43,7 @@ impl From<Compression> for clickhouse::Compression {
 impl std::fmt::Debug for ClickHouseOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouseOptions")
-            .field("url", &self.url)
+            .field("url", &lakeshop_model::mask_url(&self.url))
             .field("database", &self.database)
             .field("user", &self.user)
             .field(
@@ -132,7 +132,7 @@ pub struct ClickHouse {
 impl std::fmt::Debug for ClickHouse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClickHouse")
-            .field("url", &self.url)
+            .field("url", &lakeshop_model::mask_url(&self.url))
             .field("database", &self.database)
             .finish()
     }
@@ -412,5 +412,10 @@ mod tests {
         assert!(err.to_string().contains("plain http://"), "{err}");
         assert!(ClickHouse::new(&opts("http://h", "x;y")).is_err());
         assert!(!format!("{:?}", opts("http://h", "d")).contains("secret"));
+        // A password in the URL's user info is hidden too, in the options and the client.
+        let with_pw = opts("http://u:url-secret@h:8123", "d");
+        assert!(!format!("{with_pw:?}").contains("url-secret"));
+        let client = ClickHouse::new(&with_pw).expect("client");
+        assert!(!format!("{client:?}").contains("url-secret"), "{client:?}");
     }
 }

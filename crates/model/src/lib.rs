@@ -12,6 +12,7 @@ pub mod event;
 pub mod input;
 pub mod money;
 pub mod reason;
+pub mod redact;
 
 pub use entities::{Client, Product, Seller};
 pub use event::{parse_interaction, parse_purchase, Interaction, InteractionKind, Purchase};
@@ -20,6 +21,7 @@ pub use input::{
 };
 pub use money::{Money, AMOUNT_PRECISION, MAX_PRICE, MONEY_PRECISION, MONEY_SCALE};
 pub use reason::{Reason, Rejection};
+pub use redact::mask_url;
 
 /// Version of every schema in `schemas/`. Changes are additive: a new optional field keeps
 /// old records valid; anything else is a new version.
