@@ -433,6 +433,13 @@ fn assert_reconciles(chaos: &Chaos) -> Result<()> {
     Ok(())
 }
 
+/// Loader starts in `log` that restored their partitions from the checkpoints.
+fn restored_starts(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("assigned; reading from the checkpoints"))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase_once() -> Result<()>
 {
@@ -449,9 +456,21 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
     let mut kills = 0;
     let (mut broker_restarted, mut clickhouse_stopped) = (false, false);
     while gen.try_wait()?.is_none() || kills < 5 || !broker_restarted || !clickhouse_stopped {
+        let restored_before = restored_starts(&chaos.log("loader"));
         let mut loader = chaos.loader("loader", &[])?;
         std::thread::sleep(Duration::from_millis(rng.random_range(1500..5000)));
         let t = started.elapsed().as_secs();
+        if broker_restarted && !clickhouse_stopped && t >= seconds / 2 {
+            // The outage must meet a loader that is past its start (which reads ClickHouse)
+            // and flushing, or it proves nothing about flushes.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while restored_starts(&chaos.log("loader")) <= restored_before
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(1000));
+        }
         if !broker_restarted && t >= seconds / 4 {
             stop_service("kafka")?;
             std::thread::sleep(Duration::from_secs(2));
@@ -475,10 +494,7 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
     // Evidence that the chaos reached the loader: restores from checkpoints after kills, and
     // flushes that failed while ClickHouse was down.
     let log = chaos.log("loader");
-    let restores = log
-        .lines()
-        .filter(|l| l.contains("assigned; reading from the checkpoints"))
-        .count();
+    let restores = restored_starts(&log);
     let failed_flushes = log.lines().filter(|l| l.contains("flush failed")).count();
     eprintln!("loader starts that restored state: {restores}, failed flushes: {failed_flushes}");
     assert!(
