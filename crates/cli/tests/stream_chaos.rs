@@ -440,6 +440,47 @@ fn restored_starts(log: &str) -> usize {
         .count()
 }
 
+/// Flushes in `log` that ClickHouse did not acknowledge.
+fn failed_flushes(log: &str) -> usize {
+    log.lines().filter(|l| l.contains("flush failed")).count()
+}
+
+/// Waits until the loader started after `restored_before` restores restored its partitions
+/// and a progress line after that shows it flushed.
+fn wait_until_flushing(chaos: &Chaos, restored_before: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = chaos.log("loader");
+        let flushing = log
+            .lines()
+            .filter(|l| l.contains("assigned; reading from the checkpoints"))
+            .count()
+            > restored_before
+            && log
+                .rsplit("assigned; reading from the checkpoints")
+                .next()
+                .is_some_and(|after| {
+                    after.lines().any(|l| {
+                        l.contains("progress")
+                            && l.split("flushes=")
+                                .nth(1)
+                                .and_then(|v| v.split_whitespace().next())
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .is_some_and(|n| n > 0)
+                    })
+                });
+        if flushing {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the loader never flushed after its start:\n{}",
+            chaos.log_events("loader")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase_once() -> Result<()>
 {
@@ -460,17 +501,6 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
         let mut loader = chaos.loader("loader", &[])?;
         std::thread::sleep(Duration::from_millis(rng.random_range(1500..5000)));
         let t = started.elapsed().as_secs();
-        if broker_restarted && !clickhouse_stopped && t >= seconds / 2 {
-            // The outage must meet a loader that is past its start (which reads ClickHouse)
-            // and flushing, or it proves nothing about flushes.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while restored_starts(&chaos.log("loader")) <= restored_before
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            std::thread::sleep(Duration::from_millis(1000));
-        }
         if !broker_restarted && t >= seconds / 4 {
             stop_service("kafka")?;
             std::thread::sleep(Duration::from_secs(2));
@@ -478,8 +508,19 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
             broker_restarted = true;
             std::thread::sleep(Duration::from_secs(2));
         } else if broker_restarted && !clickhouse_stopped && t >= seconds / 2 {
+            // The outage must meet a loader that is past its start (which reads ClickHouse)
+            // and flushing, or it proves nothing about flushes; it lasts at least 22 s and
+            // until a flush has failed.
+            wait_until_flushing(&chaos, restored_before)?;
+            let failed_before = failed_flushes(&chaos.log("loader"));
             stop_service("clickhouse")?;
-            std::thread::sleep(Duration::from_secs(22));
+            let down = Instant::now();
+            while down.elapsed() < Duration::from_secs(22)
+                || (failed_flushes(&chaos.log("loader")) == failed_before
+                    && down.elapsed() < Duration::from_secs(60))
+            {
+                std::thread::sleep(Duration::from_millis(200));
+            }
             start_stack()?;
             clickhouse_stopped = true;
             std::thread::sleep(Duration::from_secs(2));
@@ -495,15 +536,17 @@ async fn killed_loader_broker_restart_and_clickhouse_outage_count_every_purchase
     // flushes that failed while ClickHouse was down.
     let log = chaos.log("loader");
     let restores = restored_starts(&log);
-    let failed_flushes = log.lines().filter(|l| l.contains("flush failed")).count();
-    eprintln!("loader starts that restored state: {restores}, failed flushes: {failed_flushes}");
+    let failed = failed_flushes(&log);
+    eprintln!("loader starts that restored state: {restores}, failed flushes: {failed}");
     assert!(
         restores >= 5,
-        "only {restores} loader starts restored state"
+        "only {restores} loader starts restored state:\n{}",
+        chaos.log_events("loader")
     );
     assert!(
-        failed_flushes > 0,
-        "no flush failed while ClickHouse was down"
+        failed > 0,
+        "no flush failed while ClickHouse was down:\n{}",
+        chaos.log_events("loader")
     );
     assert_equals_truth(&chaos).await?;
     assert_reconciles(&chaos)?;
