@@ -13,6 +13,7 @@ use std::time::Duration;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::datafusion::prelude::SessionContext;
+use futures::StreamExt as _;
 use lakeshop_model::{Purchase, UNKNOWN};
 use lakeshop_stage::{Stage, Table};
 
@@ -291,28 +292,49 @@ async fn versions(stage: &Stage) -> Result<(Option<u64>, Option<u64>)> {
     ))
 }
 
-/// Calls `f` with each row's texts of columns `cols` of `batches` (ids as canonical text),
+/// Calls `f` with each row's texts of columns `cols` of `batch` (ids as canonical text),
 /// without copying them.
 fn each_row<const N: usize>(
-    batches: &[deltalake::arrow::record_batch::RecordBatch],
+    batch: &deltalake::arrow::record_batch::RecordBatch,
     cols: [usize; N],
     mut f: impl FnMut([Option<&str>; N]),
 ) -> Result<()> {
-    for b in batches {
-        let mut arrays = Vec::with_capacity(N);
-        for c in cols {
-            arrays.push(
-                deltalake::arrow::compute::cast(b.column(c), &DataType::Utf8)
-                    .map_err(|e| Error::Dimensions(e.to_string()))?,
-            );
-        }
-        let strings: Vec<_> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
-        for i in 0..b.num_rows() {
-            f(std::array::from_fn(|c| {
-                let s = strings[c];
-                (!s.is_null(i)).then(|| s.value(i))
-            }));
-        }
+    let mut arrays = Vec::with_capacity(N);
+    for c in cols {
+        arrays.push(
+            deltalake::arrow::compute::cast(batch.column(c), &DataType::Utf8)
+                .map_err(|e| Error::Dimensions(e.to_string()))?,
+        );
+    }
+    let strings: Vec<_> = arrays.iter().map(|a| a.as_string::<i32>()).collect();
+    for i in 0..batch.num_rows() {
+        f(std::array::from_fn(|c| {
+            let s = strings[c];
+            (!s.is_null(i)).then(|| s.value(i))
+        }));
+    }
+    Ok(())
+}
+
+/// Runs `sql` and folds its rows into `f` one record batch at a time: only the batches in
+/// flight are held, never the whole table (a million products would otherwise be a few
+/// hundred MB of Arrow buffers at the loader's start).
+async fn each_batch(
+    ctx: &SessionContext,
+    sql: &str,
+    mut f: impl FnMut(&deltalake::arrow::record_batch::RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let dimensions =
+        |e: deltalake::datafusion::error::DataFusionError| Error::Dimensions(e.to_string());
+    let mut stream = ctx
+        .sql(sql)
+        .await
+        .map_err(dimensions)?
+        .execute_stream()
+        .await
+        .map_err(dimensions)?;
+    while let Some(batch) = stream.next().await {
+        f(&batch.map_err(dimensions)?)?;
     }
     Ok(())
 }
@@ -322,34 +344,27 @@ async fn read(stage: &Stage, versions: (Option<u64>, Option<u64>)) -> Result<Dim
     stage
         .register(&ctx, &[Table::Products, Table::Sellers])
         .await?;
-    let q = |sql: &'static str| {
-        let ctx = ctx.clone();
-        async move {
-            ctx.sql(sql)
-                .await
-                .map_err(|e| Error::Dimensions(e.to_string()))?
-                .collect()
-                .await
-                .map_err(|e| Error::Dimensions(e.to_string()))
-        }
-    };
     let mut dims = Dims::empty();
     dims.versions = versions;
-    let products = q("SELECT product_id, category FROM products").await?;
-    dims.products
-        .reserve(products.iter().map(|b| b.num_rows()).sum());
-    each_row(&products, [0, 1], |[id, category]| {
-        if let (Some(Ok(id)), Some(category)) = (id.map(uuid::Uuid::parse_str), category) {
-            dims.add_product(id, category);
-        }
-    })?;
-    drop(products);
-    let sellers = q("SELECT seller_id FROM sellers").await?;
-    each_row(&sellers, [0], |[id]| {
-        if let Some(Ok(id)) = id.map(uuid::Uuid::parse_str) {
-            dims.add_seller(id);
-        }
-    })?;
+    // Sized once from the log's row counts (no data read), not grown while filled.
+    let rows = stage.info(Table::Products, &[]).await?.rows;
+    dims.products.reserve(usize::try_from(rows).unwrap_or(0));
+    each_batch(&ctx, "SELECT product_id, category FROM products", |batch| {
+        each_row(batch, [0, 1], |[id, category]| {
+            if let (Some(Ok(id)), Some(category)) = (id.map(uuid::Uuid::parse_str), category) {
+                dims.add_product(id, category);
+            }
+        })
+    })
+    .await?;
+    each_batch(&ctx, "SELECT seller_id FROM sellers", |batch| {
+        each_row(batch, [0], |[id]| {
+            if let Some(Ok(id)) = id.map(uuid::Uuid::parse_str) {
+                dims.add_seller(id);
+            }
+        })
+    })
+    .await?;
     Ok(dims)
 }
 

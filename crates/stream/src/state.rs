@@ -20,6 +20,7 @@ use lakeshop_model::{parse_purchase, Purchase};
 use crate::calendar::{Calendar, Granularity};
 use crate::dims::{Dims, Key, Keys};
 
+mod chunks;
 mod seen;
 mod windows;
 
@@ -437,8 +438,8 @@ impl PartitionState {
         for &i in &self.dirty_windows {
             let a = self.windows.slot(i);
             out.string(a.granularity().as_str())
-                .datetime(a.start)
-                .date(a.date)
+                .datetime(a.start())
+                .date(a.date())
                 .string(a.dim().as_str());
             self.windows.with_key_str(i, |k| out.string(k));
             out.string(&self.settings.topic)
@@ -537,7 +538,7 @@ impl PartitionState {
         }
         let wm = self.watermark;
         let lateness = self.settings.lateness;
-        self.windows.evict(|w| w.end() + lateness <= wm);
+        self.windows.evict(|w| w.ended_by() + lateness <= wm);
         // Slots may have been freed and reused.
         self.totals = [None; 3];
         let minute = self.clock.div_euclid(60) * 60;
@@ -559,7 +560,7 @@ impl PartitionState {
                 let a = self.windows.slot(i);
                 WindowState {
                     granularity: a.granularity().as_str().to_string(),
-                    window_start: a.start,
+                    window_start: a.start(),
                     dim: a.dim().as_str().to_string(),
                     key: self.windows.key(i).to_string(),
                     revenue: a.revenue,

@@ -1,12 +1,13 @@
 //! The purchase ids a partition counted within the lateness, in the order counted: a ring of
-//! fixed-size entries (40 bytes) with a hash index of their sequence numbers (4 bytes per
-//! bucket). The oldest entries leave from the front once their event time is past the
-//! horizon, so the ring is also the eviction order.
+//! fixed-size entries (40 bytes, in fixed chunks) with a hash index of their sequence numbers
+//! (4 bytes per bucket). The oldest entries leave from the front once their event time is
+//! past the horizon, so the ring is also the eviction order.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher as _;
 
 use hashbrown::HashTable;
+
+use crate::state::chunks::ChunkedDeque;
 
 /// What is kept of a counted purchase id.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +31,7 @@ fn halves(id: u128) -> [u64; 2] {
 /// Counted ids, oldest first.
 #[derive(Debug, Default)]
 pub struct SeenIds {
-    entries: VecDeque<Entry>,
+    entries: ChunkedDeque<Entry>,
     /// Sequence number of the front entry; the index holds sequence numbers modulo 2^32.
     base: u64,
     index: HashTable<u32>,
