@@ -6,6 +6,8 @@
 //! rows. Rows are idempotent by construction (a row written twice is the same row, or a
 //! version that argMax resolves), so an insert may always be retried.
 
+use std::sync::Arc;
+
 use crate::config::check_identifier;
 use crate::{ClickHouse, Error, Result};
 
@@ -31,6 +33,15 @@ fn check_name(what: &str, name: &str) -> Result<()> {
 pub struct RowBinary {
     buf: Vec<u8>,
     rows: usize,
+}
+
+/// A shared body as the bytes of an HTTP request.
+struct SharedBody(Arc<RowBinary>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.buf
+    }
 }
 
 impl RowBinary {
@@ -263,7 +274,7 @@ pub fn parse_cents(operation: &str, s: &str) -> Result<i128> {
 impl ClickHouse {
     /// Inserts a `RowBinary` body into one stream table. Durable when it returns `Ok`; on an
     /// error the rows are unknown to have landed (send them again: they are idempotent).
-    pub async fn insert_stream(&self, table: StreamTable, body: &RowBinary) -> Result<()> {
+    pub async fn insert_stream(&self, table: StreamTable, body: Arc<RowBinary>) -> Result<()> {
         if body.is_empty() {
             return Ok(());
         }
@@ -274,8 +285,10 @@ impl ClickHouse {
             table.columns()
         );
         let mut insert = self.client.insert_formatted_with(sql);
+        // The body is sent from the caller's buffer, not a copy of it (the caller may keep
+        // it to send again).
         insert
-            .send(bytes::Bytes::copy_from_slice(&body.buf))
+            .send(bytes::Bytes::from_owner(SharedBody(body)))
             .await
             .map_err(Error::query(&operation))?;
         insert.end().await.map_err(Error::query(&operation))

@@ -41,6 +41,9 @@ use crate::metrics::StreamMetrics;
 use crate::state::{Outcome, PartitionState, Restored, Settings, TOO_LATE};
 use crate::{Error, Result};
 
+/// Records taken from the consumer in one run before the loop looks at its flush, clocks
+/// and progress.
+const BATCH: usize = 256;
 /// Longest wait between two tries of a failed flush.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest a single insert may take before the flush counts as failed.
@@ -332,31 +335,41 @@ impl Loop {
         loop {
             // While a flush is in flight the poll returns soon, to see it end.
             let wait = if self.flight.is_some() { 2 } else { 20 };
-            let Polled {
-                revoked,
-                assigned,
-                record,
-            } = consumer.poll(Duration::from_millis(wait))?;
+            let mut polled = consumer.poll(Duration::from_millis(wait))?;
+            // Records already fetched are taken in a run (up to BATCH) before the rest of
+            // the loop: its clock reads and checks are paid per run, not per record.
+            let mut taken = 0;
+            loop {
+                let Polled {
+                    revoked,
+                    assigned,
+                    record,
+                } = polled;
+                // A revoked partition's unflushed state is dropped: its next owner replays
+                // it from the checkpoint.
+                for p in revoked {
+                    self.states.remove(&p);
+                    self.epochs.remove(&p);
+                    self.checkpointed.remove(&p);
+                }
+                for r in assigned {
+                    self.next_epoch += 1;
+                    self.epochs.insert(r.partition, self.next_epoch);
+                    self.checkpointed.insert(r.partition, r.state.next);
+                    self.states.insert(r.partition, r.state);
+                }
+                let Some(m) = record else { break };
+                self.process(&m, &dims)?;
+                taken += 1;
+                if taken >= BATCH || self.unacked >= self.opts.max_unacked_records {
+                    break;
+                }
+                polled = consumer.poll(Duration::ZERO)?;
+            }
             let now = Instant::now();
             if now.duration_since(last_beat) >= Duration::from_millis(250) {
                 self.opts.metrics.heartbeat();
                 last_beat = now;
-            }
-            // A revoked partition's unflushed state is dropped: its next owner replays it
-            // from the checkpoint.
-            for p in revoked {
-                self.states.remove(&p);
-                self.epochs.remove(&p);
-                self.checkpointed.remove(&p);
-            }
-            for r in assigned {
-                self.next_epoch += 1;
-                self.epochs.insert(r.partition, self.next_epoch);
-                self.checkpointed.insert(r.partition, r.state.next);
-                self.states.insert(r.partition, r.state);
-            }
-            if let Some(m) = record {
-                self.process(&m, &dims)?;
             }
             if self.flight.as_ref().is_some_and(|f| f.task.is_finished()) {
                 match self.land() {
@@ -532,12 +545,12 @@ impl Loop {
         let (window_rows, reject_rows) = (windows.rows(), rejects.rows());
         let task = self.runtime.spawn(async move {
             let (a, b, c) = tokio::join!(
-                insert(&ch, StreamTable::Purchases, &body),
-                insert(&ch, StreamTable::Windows, &windows),
-                insert(&ch, StreamTable::Rejects, &rejects),
+                insert(&ch, StreamTable::Purchases, body),
+                insert(&ch, StreamTable::Windows, Arc::new(windows)),
+                insert(&ch, StreamTable::Rejects, Arc::new(rejects)),
             );
             a.and(b).and(c)?;
-            insert(&ch, StreamTable::Checkpoints, &checkpoints).await
+            insert(&ch, StreamTable::Checkpoints, Arc::new(checkpoints)).await
         });
         self.flight = Some(Flight {
             task,
@@ -610,7 +623,7 @@ impl Loop {
 }
 
 /// Inserts one body, failing when ClickHouse takes longer than [`INSERT_TIMEOUT`].
-async fn insert(ch: &ClickHouse, table: StreamTable, body: &RowBinary) -> Result<()> {
+async fn insert(ch: &ClickHouse, table: StreamTable, body: Arc<RowBinary>) -> Result<()> {
     match tokio::time::timeout(INSERT_TIMEOUT, ch.insert_stream(table, body)).await {
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::Internal(format!(

@@ -322,7 +322,11 @@ pub struct KafkaConsumer<R: Resume> {
     next: BTreeMap<i32, Option<i64>>,
     /// Assigned partitions whose end was reached after their last record.
     eof: BTreeSet<i32>,
-    last_record: Instant,
+    /// Records handed over so far.
+    records: u64,
+    /// The record count at the last `caught_up` and since when it has not moved: no clock
+    /// is read per record.
+    quiet: std::cell::Cell<(u64, Instant)>,
     since_publish: u32,
     paused: bool,
 }
@@ -413,7 +417,8 @@ impl<R: Resume> KafkaConsumer<R> {
             topic: opts.topic.clone(),
             next: BTreeMap::new(),
             eof: BTreeSet::new(),
-            last_record: Instant::now(),
+            records: 0,
+            quiet: std::cell::Cell::new((0, Instant::now())),
             since_publish: 0,
             paused: false,
         })
@@ -479,7 +484,7 @@ impl<R: Resume> KafkaConsumer<R> {
                         Some(next) if next.is_none_or(|n| offset >= n) => {
                             *next = Some(offset + 1);
                             self.eof.remove(&p);
-                            self.last_record = Instant::now();
+                            self.records += 1;
                             self.since_publish += 1;
                             Some(Record(m))
                         }
@@ -513,11 +518,19 @@ impl<R: Resume> KafkaConsumer<R> {
     }
 
     /// Every assigned partition reached its end after its last record, and no record came for
-    /// `idle`.
+    /// `idle` (measured from the first call that saw the count of records stand still).
     pub fn caught_up(&self, idle: Duration) -> bool {
+        let (seen, since) = self.quiet.get();
+        let since = if seen == self.records {
+            since
+        } else {
+            let now = Instant::now();
+            self.quiet.set((self.records, now));
+            now
+        };
         !self.next.is_empty()
             && self.next.keys().all(|p| self.eof.contains(p))
-            && self.last_record.elapsed() >= idle
+            && since.elapsed() >= idle
     }
 
     /// Reads `partition` again from `next` (`None`: from its beginning), as after an
