@@ -273,6 +273,30 @@ impl ClickHouse {
         Self::rows_of(&self.client, operation, sql).await
     }
 
+    /// Runs a query in the database and calls `f` with each row of its `TabSeparated` answer
+    /// as it arrives: a large answer is never held whole. An error of `f` ends the read.
+    pub async fn each_row(
+        &self,
+        operation: &str,
+        sql: &str,
+        mut f: impl FnMut(&[&str]) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let mut cursor = self
+            .client
+            .query_raw(sql)
+            .fetch_bytes("TabSeparated")
+            .map_err(Error::query(operation))?;
+        let answer = |message: String| Error::Answer {
+            operation: operation.to_string(),
+            message,
+        };
+        let mut lines = tsv::Lines::default();
+        while let Some(piece) = cursor.next().await.map_err(Error::query(operation))? {
+            lines.feed(&piece, &mut f).map_err(answer)?;
+        }
+        lines.finish(&mut f).map_err(answer)
+    }
+
     pub(crate) async fn rows_of(
         client: &clickhouse::Client,
         operation: &str,

@@ -81,6 +81,27 @@ impl RowBinary {
         self
     }
 
+    /// A `String` holding `id` as a UUID's canonical text (hyphenated lower-case hex, 36
+    /// bytes), encoded in place: the same bytes as [`Self::string`] of that text.
+    pub fn uuid_text(&mut self, id: u128) -> &mut Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 37];
+        text[0] = 36;
+        let mut at = 1;
+        for (i, b) in id.to_be_bytes().into_iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                text[at] = b'-';
+                at += 1;
+            }
+            text[at] = HEX[usize::from(b >> 4)];
+            text[at + 1] = HEX[usize::from(b & 15)];
+            at += 2;
+        }
+        // A fixed-size copy: no call into the library's memmove for 37 bytes.
+        self.buf.extend_from_slice(&text);
+        self
+    }
+
     /// A `UInt16`.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.buf.extend_from_slice(&v.to_le_bytes());
@@ -237,6 +258,11 @@ pub struct RejectState {
     pub version: u64,
 }
 
+/// A number field of a row read with [`ClickHouse::each_row`].
+fn field<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a number"))
+}
+
 fn int<T: std::str::FromStr>(operation: &str, s: &str) -> Result<T> {
     s.parse().map_err(|_| Error::Answer {
         operation: operation.to_string(),
@@ -327,92 +353,91 @@ impl ClickHouse {
     }
 
     /// The latest state of every window of one partition that starts at or after `since`
-    /// (UTC seconds).
+    /// (UTC seconds), one at a time as ClickHouse answers (a day of product windows is never
+    /// held twice).
     pub async fn stream_windows(
         &self,
         topic: &str,
         part: i32,
         since: i64,
-    ) -> Result<Vec<WindowState>> {
+        mut f: impl FnMut(WindowState),
+    ) -> Result<()> {
         check_name("topic", topic)?;
         let since = since.max(0);
         let op = "restore stream windows";
-        let rows = self
-            .rows(
-                op,
-                &format!(
-                    "SELECT granularity, toUInt32(window_start), dim, key, \
-                            toString(argMax(revenue, version)), argMax(purchases, version), \
-                            argMax(items, version), max(version) \
-                     FROM stream_windows \
-                     WHERE source = '{topic}' AND part = {part} \
-                       AND event_date >= toDate(toDateTime({since})) - 1 \
-                       AND window_start >= toDateTime({since}) \
-                     GROUP BY granularity, window_start, dim, key"
-                ),
-            )
-            .await?;
-        rows.iter()
-            .map(|r| match r.as_slice() {
-                [g, s, d, k, rev, p, i, v] => Ok(WindowState {
-                    granularity: g.clone(),
-                    window_start: int(op, s)?,
-                    dim: d.clone(),
-                    key: k.clone(),
-                    revenue: parse_cents(op, rev)?,
-                    purchases: int(op, p)?,
-                    items: int(op, i)?,
-                    version: int(op, v)?,
-                }),
-                _ => Err(Error::Answer {
-                    operation: op.into(),
-                    message: format!("unexpected row {r:?}"),
-                }),
-            })
-            .collect()
+        self.each_row(
+            op,
+            &format!(
+                "SELECT granularity, toUInt32(window_start), dim, key, \
+                        toString(argMax(revenue, version)), argMax(purchases, version), \
+                        argMax(items, version), max(version) \
+                 FROM stream_windows \
+                 WHERE source = '{topic}' AND part = {part} \
+                   AND event_date >= toDate(toDateTime({since})) - 1 \
+                   AND window_start >= toDateTime({since}) \
+                 GROUP BY granularity, window_start, dim, key"
+            ),
+            |r| match r {
+                [g, s, d, k, rev, p, i, v] => {
+                    f(WindowState {
+                        granularity: g.to_string(),
+                        window_start: field(s)?,
+                        dim: d.to_string(),
+                        key: k.to_string(),
+                        revenue: parse_cents(op, rev).map_err(|e| e.to_string())?,
+                        purchases: field(p)?,
+                        items: field(i)?,
+                        version: field(v)?,
+                    });
+                    Ok(())
+                }
+                _ => Err(format!("unexpected row {r:?}")),
+            },
+        )
+        .await
     }
 
     /// The counted purchases of one partition with a timestamp at or after `since`, or an
-    /// offset at or after `from_offset` (whatever their time).
+    /// offset at or after `from_offset` (whatever their time), in offset order, one at a time
+    /// as ClickHouse answers.
     pub async fn stream_counted(
         &self,
         topic: &str,
         part: i32,
         since: i64,
         from_offset: i64,
-    ) -> Result<Vec<CountedPurchase>> {
+        mut f: impl FnMut(CountedPurchase),
+    ) -> Result<()> {
         check_name("topic", topic)?;
         let since = since.max(0);
         let op = "restore counted purchases";
-        let rows = self
-            .rows(
-                op,
-                &format!(
-                    "SELECT purchase_id, offset, toUInt32(timestamp), content_hash, seller_key, \
-                            category, product_key \
-                     FROM stream_purchases \
-                     WHERE source = '{topic}' AND part = {part} \
-                       AND (timestamp >= toDateTime({since}) OR offset >= {from_offset})"
-                ),
-            )
-            .await?;
-        rows.into_iter()
-            .map(|r| match <[String; 7]>::try_from(r) {
-                Ok([id, o, t, h, s, c, p]) => Ok(CountedPurchase {
-                    purchase_id: id,
-                    offset: int(op, &o)?,
-                    timestamp: int(op, &t)?,
-                    content_hash: int(op, &h)?,
-                    seller_key: s,
-                    category: c,
-                    product_key: p,
-                }),
-                Err(r) => Err(Error::Answer {
-                    operation: op.into(),
-                    message: format!("unexpected row {r:?}"),
-                }),
-            })
-            .collect()
+        self.each_row(
+            op,
+            &format!(
+                "SELECT purchase_id, offset, toUInt32(timestamp), content_hash, seller_key, \
+                        category, product_key \
+                 FROM stream_purchases \
+                 WHERE source = '{topic}' AND part = {part} \
+                   AND (timestamp >= toDateTime({since}) OR offset >= {from_offset}) \
+                 ORDER BY offset"
+            ),
+            |r| match r {
+                [id, o, t, h, s, c, p] => {
+                    f(CountedPurchase {
+                        purchase_id: id.to_string(),
+                        offset: field(o)?,
+                        timestamp: field(t)?,
+                        content_hash: field(h)?,
+                        seller_key: s.to_string(),
+                        category: c.to_string(),
+                        product_key: p.to_string(),
+                    });
+                    Ok(())
+                }
+                _ => Err(format!("unexpected row {r:?}")),
+            },
+        )
+        .await
     }
 
     /// The latest reject counters of one partition for minutes at or after `since`.
@@ -498,6 +523,21 @@ mod tests {
         // 200 = 0b1_1001000: two LEB128 bytes.
         assert_eq!(&bytes[5..7], &[0xc8, 0x01]);
         assert_eq!(bytes.len(), 7 + 200);
+    }
+
+    #[test]
+    fn uuid_text_is_the_canonical_string() {
+        for id in [
+            0u128,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            uuid::Uuid::new_v4().as_u128(),
+        ] {
+            let (mut fast, mut slow) = (RowBinary::new(), RowBinary::new());
+            fast.uuid_text(id);
+            slow.string(&uuid::Uuid::from_u128(id).hyphenated().to_string());
+            assert_eq!(fast.bytes(), slow.bytes(), "{id:x}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::DataType;
 use deltalake::datafusion::prelude::SessionContext;
 use futures::StreamExt as _;
+use lakeshop_clickhouse::RowBinary;
 use lakeshop_model::{Purchase, UNKNOWN};
 use lakeshop_stage::{Stage, Table};
 
@@ -54,6 +55,20 @@ impl Key {
             Key::Id(id) => f(uuid::Uuid::from_u128(*id)
                 .hyphenated()
                 .encode_lower(&mut uuid::Uuid::encode_buffer())),
+        }
+    }
+}
+
+impl Key {
+    /// Appends the stored text to a ClickHouse body (ids encoded in place).
+    pub fn write(&self, out: &mut RowBinary) {
+        match self {
+            Key::Id(id) => {
+                out.uuid_text(*id);
+            }
+            other => other.with_str(|s| {
+                out.string(s);
+            }),
         }
     }
 }

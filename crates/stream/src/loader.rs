@@ -38,7 +38,7 @@ use rdkafka::ClientConfig;
 use crate::dead_letters::DeadLetters;
 use crate::dims::{Dims, DimsCache};
 use crate::metrics::StreamMetrics;
-use crate::state::{Outcome, PartitionState, Restored, Settings, TOO_LATE};
+use crate::state::{Outcome, PartitionState, Settings, TOO_LATE};
 use crate::{Error, Result};
 
 /// Records taken from the consumer in one run before the loop looks at its flush, clocks
@@ -174,36 +174,43 @@ impl Checkpoints {
         let lateness = self.settings.lateness;
         let mut out = Vec::with_capacity(partitions.len());
         for &p in partitions {
-            let restored = match checkpoints.get(&p) {
-                None => Restored::default(),
-                Some(c) => {
-                    // Day windows may last 25 hours; everything older is closed.
-                    let windows_since = c.watermark - lateness - 26 * 3600;
-                    Restored {
-                        next_offset: c.next_offset,
-                        watermark: c.watermark,
-                        clock: c.clock,
-                        windows: self
-                            .ch
-                            .stream_windows(&self.topic, p, windows_since)
-                            .await?,
-                        counted: self
-                            .ch
-                            .stream_counted(&self.topic, p, c.watermark - lateness, c.next_offset)
-                            .await?,
-                        rejects: self
-                            .ch
-                            .stream_rejects(&self.topic, p, c.clock.div_euclid(60) * 60)
-                            .await?,
-                    }
-                }
+            let Some(c) = checkpoints.get(&p) else {
+                out.push(PartitionState::resuming(p, self.settings.clone(), 0, 0, 0));
+                continue;
             };
-            out.push(PartitionState::new(
+            let mut st = PartitionState::resuming(
                 p,
                 self.settings.clone(),
-                restored,
-                &dims,
-            ));
+                c.next_offset,
+                c.watermark,
+                c.clock,
+            );
+            // Rows are folded in as they arrive: the state is never held twice.
+            // Day windows may last 25 hours; everything older is closed.
+            let windows_since = c.watermark - lateness - 26 * 3600;
+            self.ch
+                .stream_windows(&self.topic, p, windows_since, |w| {
+                    st.restore_window(w, &dims)
+                })
+                .await?;
+            for r in self
+                .ch
+                .stream_rejects(&self.topic, p, c.clock.div_euclid(60) * 60)
+                .await?
+            {
+                st.restore_reject(r);
+            }
+            self.ch
+                .stream_counted(
+                    &self.topic,
+                    p,
+                    c.watermark - lateness,
+                    c.next_offset,
+                    |counted| st.restore_counted(counted, &dims),
+                )
+                .await?;
+            st.restored();
+            out.push(st);
         }
         Ok(out)
     }
@@ -279,6 +286,9 @@ struct Loop {
     /// The flush in flight.
     flight: Option<Flight>,
     stats: StreamStats,
+    /// Records consumed and counted not yet added to the metrics (added once per run of
+    /// records, not per record).
+    unpublished: (u64, u64),
     dead_letters: Option<DeadLetters>,
 }
 
@@ -320,6 +330,7 @@ impl Loop {
             unacked: 0,
             flight: None,
             stats: StreamStats::default(),
+            unpublished: (0, 0),
         }
     }
 
@@ -365,6 +376,11 @@ impl Loop {
                     break;
                 }
                 polled = consumer.poll(Duration::ZERO)?;
+            }
+            let (consumed, counted) = std::mem::take(&mut self.unpublished);
+            if consumed > 0 {
+                self.opts.metrics.consumed.inc_by(consumed);
+                self.opts.metrics.counted.inc_by(counted);
             }
             let now = Instant::now();
             if now.duration_since(last_beat) >= Duration::from_millis(250) {
@@ -466,8 +482,8 @@ impl Loop {
                 entry.1 += 1;
                 self.stats.read += 1;
                 self.stats.counted += 1;
-                self.opts.metrics.consumed.inc();
-                self.opts.metrics.counted.inc();
+                self.unpublished.0 += 1;
+                self.unpublished.1 += 1;
                 self.unacked += 1;
             }
             Outcome::Rejected(reason) => {
@@ -480,7 +496,7 @@ impl Loop {
                     .rejected_by_reason
                     .entry(reason.to_string())
                     .or_default() += 1;
-                self.opts.metrics.consumed.inc();
+                self.unpublished.0 += 1;
                 self.opts.metrics.rejected(reason);
                 if reason == TOO_LATE {
                     self.opts.metrics.too_late.inc();

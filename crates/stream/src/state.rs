@@ -192,15 +192,49 @@ fn reason_name(r: &str) -> &'static str {
 }
 
 impl PartitionState {
-    /// A partition never seen: starts at `next_offset` with an empty state.
+    /// A partition's state from its restored checkpoint and rows (all held at once; the
+    /// loader feeds them one at a time instead: [`PartitionState::resuming`]).
     pub fn new(part: i32, settings: Settings, restored: Restored, dims: &Dims) -> Self {
-        let mut s = Self {
+        let mut s = Self::resuming(
+            part,
+            settings,
+            restored.next_offset,
+            restored.watermark,
+            restored.clock,
+        );
+        for w in restored.windows {
+            s.restore_window(w, dims);
+        }
+        for r in restored.rejects {
+            s.restore_reject(r);
+        }
+        let mut counted = restored.counted;
+        counted.sort_by_key(|c| c.offset);
+        for c in counted {
+            s.restore_counted(c, dims);
+        }
+        s.restored();
+        s
+    }
+
+    /// A partition resuming at `next_offset` (0 for one never seen) with the given watermark
+    /// and clock, and no rows yet: its windows, reject counters and counted purchases follow
+    /// ([`Self::restore_window`], [`Self::restore_reject`], [`Self::restore_counted`] in
+    /// offset order), then [`Self::restored`].
+    pub fn resuming(
+        part: i32,
+        settings: Settings,
+        next_offset: i64,
+        watermark: i64,
+        clock: i64,
+    ) -> Self {
+        Self {
             part,
             calendar: Calendar::new(settings.timezone),
             settings,
-            next: restored.next_offset,
-            watermark: restored.watermark,
-            clock: restored.clock,
+            next: next_offset,
+            watermark,
+            clock,
             windows: Windows::default(),
             totals: [None; 3],
             dirty_windows: Vec::new(),
@@ -212,66 +246,74 @@ impl PartitionState {
             replay_keys: HashMap::new(),
             purchases: RowBinary::new(),
             counted_times: Vec::new(),
+        }
+    }
+
+    /// Restores one window's latest stored state.
+    pub fn restore_window(&mut self, w: WindowState, dims: &Dims) {
+        let (Some(granularity), Some(dim)) =
+            (Granularity::parse(&w.granularity), Dim::parse(&w.dim))
+        else {
+            return;
         };
-        for w in restored.windows {
-            let (Some(granularity), Some(dim)) =
-                (Granularity::parse(&w.granularity), Dim::parse(&w.dim))
-            else {
-                continue;
-            };
-            let span = s.calendar.span(granularity, w.window_start);
-            let key = match dim {
-                Dim::Total => Key::Total,
-                Dim::Category => dims.stored_keys("", &w.key, "").category,
-                Dim::Seller | Dim::Product => Key::stored_id(&w.key),
-            };
-            let code = s.windows.code(&key);
-            let i = s.windows.entry(granularity, span, dim, code);
-            let slot = s.windows.slot_mut(i);
-            slot.revenue = w.revenue;
-            slot.purchases = w.purchases;
-            slot.items = w.items;
-            slot.version = w.version;
+        let span = self.calendar.span(granularity, w.window_start);
+        let key = match dim {
+            Dim::Total => Key::Total,
+            Dim::Category => dims.stored_keys("", &w.key, "").category,
+            Dim::Seller | Dim::Product => Key::stored_id(&w.key),
+        };
+        let code = self.windows.code(&key);
+        let i = self.windows.entry(granularity, span, dim, code);
+        let slot = self.windows.slot_mut(i);
+        slot.revenue = w.revenue;
+        slot.purchases = w.purchases;
+        slot.items = w.items;
+        slot.version = w.version;
+    }
+
+    /// Restores one reject counter's latest stored state.
+    pub fn restore_reject(&mut self, r: RejectState) {
+        let date = self.calendar.span(Granularity::Day, r.minute_start).date;
+        self.rejects.insert(
+            (r.minute_start, reason_name(&r.reason)),
+            Counter {
+                records: r.records,
+                version: r.version,
+                date,
+                dirty: false,
+            },
+        );
+    }
+
+    /// Restores one counted purchase; they come in offset order (the first count of an id
+    /// is the one kept).
+    pub fn restore_counted(&mut self, c: CountedPurchase, dims: &Dims) {
+        let Ok(id) = uuid::Uuid::parse_str(&c.purchase_id) else {
+            return;
+        };
+        let probe = self.seen.probe(id.as_u128());
+        if self.seen.seen(&probe).is_some() {
+            return;
         }
-        for r in restored.rejects {
-            let date = s.calendar.span(Granularity::Day, r.minute_start).date;
-            s.rejects.insert(
-                (r.minute_start, reason_name(&r.reason)),
-                Counter {
-                    records: r.records,
-                    version: r.version,
-                    date,
-                    dirty: false,
-                },
+        self.seen.insert_probed(
+            probe,
+            Seen {
+                offset: c.offset,
+                hash: c.content_hash,
+                ts: c.timestamp,
+            },
+        );
+        if c.offset >= self.next {
+            self.replay_keys.insert(
+                c.offset,
+                dims.stored_keys(&c.seller_key, &c.category, &c.product_key),
             );
         }
-        let mut counted = restored.counted;
-        counted.sort_by_key(|c| c.offset);
-        for c in counted {
-            let Ok(id) = uuid::Uuid::parse_str(&c.purchase_id) else {
-                continue;
-            };
-            let id = id.as_u128();
-            if s.seen.get(id).is_some() {
-                continue;
-            }
-            s.seen.insert(
-                id,
-                Seen {
-                    offset: c.offset,
-                    hash: c.content_hash,
-                    ts: c.timestamp,
-                },
-            );
-            if c.offset >= s.next {
-                s.replay_keys.insert(
-                    c.offset,
-                    dims.stored_keys(&c.seller_key, &c.category, &c.product_key),
-                );
-            }
-        }
-        s.evict();
-        s
+    }
+
+    /// Everything restored: forgets what no later record can change.
+    pub fn restored(&mut self) {
+        self.evict();
     }
 
     /// Kafka partition.
@@ -329,9 +371,10 @@ impl PartitionState {
         // An id counted longer ago than the lateness is forgotten, whether or not it is still
         // in memory: what a record decides never depends on when memory was last swept.
         let horizon = self.watermark - self.settings.lateness;
+        let probe = self.seen.probe(id);
         let seen = self
             .seen
-            .get(id)
+            .seen(&probe)
             .filter(|s| s.offset == offset || s.ts >= horizon);
         let replayed = match seen {
             Some(s) if s.offset != offset => {
@@ -389,14 +432,10 @@ impl PartitionState {
             }
         }
         if !replayed {
-            self.seen.insert(id, Seen { offset, hash, ts });
+            self.seen.insert_probed(probe, Seen { offset, hash, ts });
             let [(_, minute), (_, hour), (_, day)] = spans;
-            let (mut id_buf, mut client_buf) =
-                (uuid::Uuid::encode_buffer(), uuid::Uuid::encode_buffer());
-            let id_text = p.purchase_id.hyphenated().encode_lower(&mut id_buf);
-            let client = p.client_id.hyphenated().encode_lower(&mut client_buf);
             self.purchases
-                .string(id_text)
+                .uuid_text(id)
                 .string(&self.settings.topic)
                 .u16(self.part as u16)
                 .u64(offset as u64)
@@ -405,9 +444,9 @@ impl PartitionState {
                 .datetime(minute.start)
                 .datetime(hour.start)
                 .datetime(day.start)
-                .string(client);
+                .uuid_text(p.client_id.as_u128());
             for k in [&keys.seller, &keys.category, &keys.product] {
-                k.with_str(|s| self.purchases.string(s));
+                k.write(&mut self.purchases);
             }
             self.purchases.u32(p.quantity).decimal128(amount).u64(hash);
             self.purchases.end_row();
@@ -441,7 +480,7 @@ impl PartitionState {
                 .datetime(a.start())
                 .date(a.date())
                 .string(a.dim().as_str());
-            self.windows.with_key_str(i, |k| out.string(k));
+            self.windows.write_key(i, out);
             out.string(&self.settings.topic)
                 .u16(self.part as u16)
                 .decimal128(a.revenue)

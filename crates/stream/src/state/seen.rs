@@ -28,6 +28,14 @@ fn halves(id: u128) -> [u64; 2] {
     [(id >> 64) as u64, id as u64]
 }
 
+/// One lookup of an id: its hash and, when held, its entry's sequence number.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    id: [u64; 2],
+    hash: u64,
+    found: Option<u32>,
+}
+
 /// Counted ids, oldest first.
 #[derive(Debug, Default)]
 pub struct SeenIds {
@@ -48,30 +56,53 @@ impl SeenIds {
         seq.wrapping_sub(self.base as u32) as usize
     }
 
-    /// What was kept of `id`.
-    pub fn get(&self, id: u128) -> Option<&Seen> {
+    /// Looks `id` up once: what [`Self::seen`] reads and [`Self::insert_probed`] writes
+    /// without hashing and probing again.
+    pub fn probe(&self, id: u128) -> Probe {
         let id = halves(id);
         let hash = self.hasher.hash_one(id);
-        self.index
+        let found = self
+            .index
             .find(hash, |&s| self.entries[self.position(s)].id == id)
-            .map(|&s| &self.entries[self.position(s)].seen)
+            .copied();
+        Probe { id, hash, found }
+    }
+
+    /// What was kept of the probed id.
+    pub fn seen(&self, probe: &Probe) -> Option<&Seen> {
+        probe.found.map(|s| &self.entries[self.position(s)].seen)
+    }
+
+    /// What was kept of `id`.
+    #[cfg(test)]
+    pub fn get(&self, id: u128) -> Option<&Seen> {
+        self.seen(&self.probe(id))
     }
 
     /// Keeps `seen` for `id`, replacing what was kept; it leaves with the ids counted now.
+    #[cfg(test)]
     pub fn insert(&mut self, id: u128, seen: Seen) {
-        let id = halves(id);
-        let hash = self.hasher.hash_one(id);
+        let probe = self.probe(id);
+        self.insert_probed(probe, seen);
+    }
+
+    /// Keeps `seen` for the probed id (nothing changed since the probe), replacing what was
+    /// kept; it leaves with the ids counted now.
+    pub fn insert_probed(&mut self, probe: Probe, seen: Seen) {
+        let Probe { id, hash, found } = probe;
         let seq = (self.base + self.entries.len() as u64) as u32;
         self.entries.push_back(Entry { id, seen });
-        let (entries, base, hasher) = (&self.entries, self.base as u32, &self.hasher);
-        let at = |s: u32| s.wrapping_sub(base) as usize;
-        match self.index.find_mut(hash, |&s| entries[at(s)].id == id) {
-            Some(s) => *s = seq,
-            None => {
-                self.index
-                    .insert_unique(hash, seq, |&s| hasher.hash_one(entries[at(s)].id));
+        if let Some(old) = found {
+            // The bucket holding the old entry's number is found by the number alone.
+            if let Some(s) = self.index.find_mut(hash, |&s| s == old) {
+                *s = seq;
+                return;
             }
         }
+        let (entries, base, hasher) = (&self.entries, self.base as u32, &self.hasher);
+        let at = |s: u32| s.wrapping_sub(base) as usize;
+        self.index
+            .insert_unique(hash, seq, |&s| hasher.hash_one(entries[at(s)].id));
     }
 
     /// Forgets the oldest ids whose event time is before `horizon`, stopping at the first

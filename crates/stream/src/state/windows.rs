@@ -11,6 +11,7 @@ use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use hashbrown::HashTable;
+use lakeshop_clickhouse::RowBinary;
 
 use crate::calendar::{Granularity, Span};
 use crate::dims::Key;
@@ -166,14 +167,20 @@ impl Windows {
         }
     }
 
-    /// Calls `f` with the stored text of slot `i`'s key.
-    pub fn with_key_str<R>(&self, i: u32, f: impl FnOnce(&str) -> R) -> R {
+    /// Appends the stored text of slot `i`'s key to a ClickHouse body.
+    pub fn write_key(&self, i: u32, out: &mut RowBinary) {
         let s = &self.slots[i as usize];
         match s.tag >> 4 {
-            KIND_ID => Key::Id(s.key).with_str(f),
-            KIND_NAME => f(&self.names[s.key as usize]),
-            KIND_UNKNOWN => Key::Unknown.with_str(f),
-            _ => f(""),
+            KIND_ID => {
+                out.uuid_text(s.key);
+            }
+            KIND_NAME => {
+                out.string(&self.names[s.key as usize]);
+            }
+            KIND_UNKNOWN => Key::Unknown.write(out),
+            _ => {
+                out.string("");
+            }
         }
     }
 
@@ -302,7 +309,7 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(b, c);
         assert_eq!(w.len(), 3);
-        w.with_key_str(a, |k| assert_eq!(k, "books"));
+        assert_eq!(w.key(a).to_string(), "books");
         assert_eq!(w.key(b), Key::Id(42));
         assert_eq!(
             (w.slot(c).granularity(), w.slot(c).dim()),
