@@ -309,9 +309,9 @@ impl ClickHouse {
             .collect()
             .await
             .map_err(Error::query(operation))?;
-        tsv::parse(&body).map_err(|e| Error::Answer {
+        tsv::parse(&body).map_err(|message| Error::Answer {
             operation: operation.to_string(),
-            message: e.to_string(),
+            message,
         })
     }
 

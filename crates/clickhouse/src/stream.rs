@@ -264,9 +264,9 @@ fn field<T: std::str::FromStr>(s: &str) -> std::result::Result<T, String> {
 }
 
 fn int<T: std::str::FromStr>(operation: &str, s: &str) -> Result<T> {
-    s.parse().map_err(|_| Error::Answer {
+    field(s).map_err(|message| Error::Answer {
         operation: operation.to_string(),
-        message: format!("{s:?} is not a number"),
+        message,
     })
 }
 
