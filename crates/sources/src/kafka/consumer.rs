@@ -185,23 +185,10 @@ struct Ctx<R: Resume> {
     stop: Arc<AtomicBool>,
     lag: Arc<dyn Fn(i32, i64) + Send + Sync>,
     handover: Mutex<Handover<R::State>>,
-    /// Set whenever a callback took the handover: the owner looks at it only then (and to
-    /// publish its positions), not on every record.
-    touched: AtomicBool,
 }
 
 impl<R: Resume> Ctx<R> {
-    /// The handover, for a callback (marks it touched).
     fn handover(&self) -> std::sync::MutexGuard<'_, Handover<R::State>> {
-        let guard = self.owner_handover();
-        // Set while holding the lock: an owner that sees the mark and then takes the lock
-        // sees what the callback wrote.
-        self.touched.store(true, Ordering::Release);
-        guard
-    }
-
-    /// The handover, for the consumer's owner.
-    fn owner_handover(&self) -> std::sync::MutexGuard<'_, Handover<R::State>> {
         self.handover.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -365,7 +352,6 @@ impl<R: Resume> KafkaConsumer<R> {
             stop: opts.stop.clone(),
             lag: opts.lag.clone(),
             handover: Mutex::new(Handover::default()),
-            touched: AtomicBool::new(false),
         };
         let mut client = opts.client.clone();
         // The handover assumes eager rebalancing: every partition is revoked, then the new
@@ -462,12 +448,9 @@ impl<R: Resume> KafkaConsumer<R> {
         loop {
             let polled = consumer.poll(timeout);
             // The rebalance callback runs inside `poll`: its handover applies before the
-            // record (a record of a partition revoked meanwhile is dropped). Untouched and
-            // with nothing to publish, the handover is not locked.
-            let ctx = consumer.context();
-            let publish = !matches!(polled, Some(Ok(_))) || self.since_publish >= PUBLISH_EVERY;
-            if ctx.touched.swap(false, Ordering::Acquire) || publish {
-                let mut h = ctx.owner_handover();
+            // record (a record of a partition revoked meanwhile is dropped).
+            {
+                let mut h = consumer.context().handover();
                 if let Some(e) = h.error.take() {
                     return Err(e);
                 }
@@ -484,7 +467,7 @@ impl<R: Resume> KafkaConsumer<R> {
                         assigned.push(r);
                     }
                 }
-                if publish {
+                if !matches!(polled, Some(Ok(_))) || self.since_publish >= PUBLISH_EVERY {
                     self.since_publish = 0;
                     for (p, n) in &self.next {
                         if let Some(n) = n {
