@@ -22,7 +22,9 @@
 //! and counters are marked changed so the next flush writes their current state; tried again
 //! with backoff up to 10 s); reading goes on until
 //! `max_unacked_records` records wait for acknowledgement, then the assigned partitions are
-//! paused until a flush succeeds. A broker restart is librdkafka's reconnect.
+//! paused until a flush succeeds. ClickHouse slower than the topic: at that bound, with a
+//! flush on its way, the loop waits for the flush instead of reading. A broker restart is
+//! librdkafka's reconnect.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -101,6 +103,9 @@ pub struct StreamStats {
     pub rejected_by_reason: BTreeMap<String, u64>,
     /// Acknowledged flushes.
     pub flushes: u64,
+    /// Most records awaiting acknowledgement by ClickHouse at once (bounded by
+    /// `max_unacked_records`, and a run of records past it).
+    pub peak_unacked: u64,
     /// Per partition: (read, counted, rejected).
     pub partitions: BTreeMap<i32, (u64, u64, u64)>,
 }
@@ -336,6 +341,8 @@ impl Loop {
 
     fn run(mut self, mut consumer: KafkaConsumer<Checkpoints>) -> Result<StreamStats> {
         let mut dims = self.dims.get();
+        // When the last flush began: flushes begin every flush interval (a flush in flight
+        // delays the next), not an interval after the previous one ended.
         let mut last_flush = Instant::now();
         let mut last_evict = Instant::now();
         let mut last_progress = Instant::now();
@@ -344,39 +351,18 @@ impl Loop {
         let mut backoff = Duration::from_millis(250);
         let mut progress = (0u64, 0u64, 0u64);
         loop {
-            // While a flush is in flight the poll returns soon, to see it end.
-            let wait = if self.flight.is_some() { 2 } else { 20 };
-            let mut polled = consumer.poll(Duration::from_millis(wait))?;
-            // Records already fetched are taken in a run (up to BATCH) before the rest of
-            // the loop: its clock reads and checks are paid per run, not per record.
-            let mut taken = 0;
-            loop {
-                let Polled {
-                    revoked,
-                    assigned,
-                    record,
-                } = polled;
-                // A revoked partition's unflushed state is dropped: its next owner replays
-                // it from the checkpoint.
-                for p in revoked {
-                    self.states.remove(&p);
-                    self.epochs.remove(&p);
-                    self.checkpointed.remove(&p);
-                }
-                for r in assigned {
-                    self.next_epoch += 1;
-                    self.epochs.insert(r.partition, self.next_epoch);
-                    self.checkpointed.insert(r.partition, r.state.next);
-                    self.states.insert(r.partition, r.state);
-                }
-                let Some(m) = record else { break };
-                self.process(&m, &dims)?;
-                taken += 1;
-                if taken >= BATCH || self.unacked >= self.opts.max_unacked_records {
-                    break;
-                }
-                polled = consumer.poll(Duration::ZERO)?;
+            // Backpressure while ClickHouse acknowledges, but more slowly than records
+            // arrive: with the buffer full and a flush on its way, the loop waits for the
+            // flush instead of reading (librdkafka's fetch queue fills and fetching stops;
+            // the consumer is not paused, so no fetch position is reset). While flushes fail
+            // the partitions are paused instead (below): no flush is then on its way.
+            let full = self.unacked >= self.opts.max_unacked_records;
+            if full && self.flight.is_some() {
+                self.await_flight(Duration::from_millis(20));
+            } else {
+                self.take_records(&mut consumer, &dims)?;
             }
+            self.stats.peak_unacked = self.stats.peak_unacked.max(self.unacked as u64);
             let (consumed, counted) = std::mem::take(&mut self.unpublished);
             if consumed > 0 {
                 self.opts.metrics.consumed.inc_by(consumed);
@@ -390,7 +376,6 @@ impl Loop {
             if self.flight.as_ref().is_some_and(|f| f.task.is_finished()) {
                 match self.land() {
                     Ok(()) => {
-                        last_flush = Instant::now();
                         retry_at = None;
                         backoff = Duration::from_millis(250);
                         if consumer.is_paused() {
@@ -427,6 +412,7 @@ impl Loop {
             let may_try = retry_at.is_none_or(|t| now >= t) && self.flight.is_none();
             if (due || ((stopping || caught_up) && pending)) && may_try {
                 self.take_off()?;
+                last_flush = now;
             }
             if !consumer.is_paused()
                 && self.unacked >= self.opts.max_unacked_records
@@ -465,6 +451,57 @@ impl Loop {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Polls the consumer and processes the records already fetched, in a run (up to
+    /// [`BATCH`], and not past the buffer's bound): the loop's clock reads and checks are
+    /// paid per run, not per record. Assignments and revocations arrive here too.
+    fn take_records(
+        &mut self,
+        consumer: &mut KafkaConsumer<Checkpoints>,
+        dims: &Dims,
+    ) -> Result<()> {
+        // While a flush is in flight the poll returns soon, to see it end.
+        let wait = if self.flight.is_some() { 2 } else { 20 };
+        let mut polled = consumer.poll(Duration::from_millis(wait))?;
+        let mut taken = 0;
+        loop {
+            let Polled {
+                revoked,
+                assigned,
+                record,
+            } = polled;
+            // A revoked partition's unflushed state is dropped: its next owner replays
+            // it from the checkpoint.
+            for p in revoked {
+                self.states.remove(&p);
+                self.epochs.remove(&p);
+                self.checkpointed.remove(&p);
+            }
+            for r in assigned {
+                self.next_epoch += 1;
+                self.epochs.insert(r.partition, self.next_epoch);
+                self.checkpointed.insert(r.partition, r.state.next);
+                self.states.insert(r.partition, r.state);
+            }
+            let Some(m) = record else { break };
+            self.process(&m, dims)?;
+            taken += 1;
+            if taken >= BATCH || self.unacked >= self.opts.max_unacked_records {
+                break;
+            }
+            polled = consumer.poll(Duration::ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `most` for the flush in flight to end (it is landed by the loop).
+    fn await_flight(&self, most: Duration) {
+        let until = Instant::now() + most;
+        while self.flight.as_ref().is_some_and(|f| !f.task.is_finished()) && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Folds one record into its partition's state and counts what became of it.
