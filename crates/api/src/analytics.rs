@@ -328,7 +328,8 @@ pub struct SeriesQuery {
 }
 
 /// Revenue, purchases and items per window from the streaming tables: every partition's
-/// latest window state, summed (the same numbers as the `stream_windows_v` view).
+/// latest minute window state, summed per window (the same numbers as the
+/// `stream_windows_v` view).
 #[utoipa::path(
     get,
     path = "/api/analytics/series",
@@ -380,18 +381,24 @@ pub async fn series(
             format!(" AND key = '{}'", id.hyphenated())
         }
     };
-    // Day windows start at the business day's midnight; looking one day further back on
-    // event_date keeps every window of the range while pruning partitions.
+    // Hour and day windows are the sums of their minutes; each minute row carries the start
+    // of its business hour and day. Day windows start at the business day's midnight:
+    // looking one day further back on event_date keeps every window of the range while
+    // pruning partitions.
+    let start = match q.granularity {
+        Granularity::Minute => "window_start",
+        Granularity::Hour => "hour_start",
+        Granularity::Day => "day_start",
+    };
     let sql = format!(
-        "SELECT toString(toUnixTimestamp(window_start)), key, toString(sum(r)), toString(sum(p)), toString(sum(i)) \
-         FROM (SELECT window_start, key, source, part, argMax(revenue, version) AS r, \
-         argMax(purchases, version) AS p, argMax(items, version) AS i FROM stream_windows \
-         WHERE granularity = '{}' AND dim = '{}'{key_sql} \
+        "SELECT toString(toUnixTimestamp(s)), key, toString(sum(r)), toString(sum(p)), toString(sum(i)) \
+         FROM (SELECT window_start, key, source, part, any({start}) AS s, argMax(revenue, version) AS r, \
+         argMax(purchases, version) AS p, argMax(items, version) AS i FROM stream_minutes \
+         WHERE dim = '{}'{key_sql} \
          AND event_date >= {} AND event_date <= {} \
-         AND window_start >= toDateTime({}) AND window_start < toDateTime({}) \
+         AND {start} >= toDateTime({}) AND {start} < toDateTime({}) \
          GROUP BY window_start, key, source, part) \
-         GROUP BY window_start, key ORDER BY window_start, key",
-        q.granularity.as_str(),
+         GROUP BY s, key ORDER BY s, key",
         dim.as_str(),
         date_literal((from.date_naive() - Duration::days(1)).max(FIRST_DAY)),
         date_literal(to.date_naive() + Duration::days(1)),

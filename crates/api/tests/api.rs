@@ -284,13 +284,13 @@ async fn reports_and_series_read_exact_numbers() -> Result<()> {
     // Two partitions of one minute window; partition 0 was written twice, the later version
     // (10) holds its state.
     w.ch.execute(
-        "fill stream_windows",
-        "INSERT INTO stream_windows VALUES \
-         ('minute', toDateTime('2026-11-21 10:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 0, 5.00, 1, 1, 4), \
-         ('minute', toDateTime('2026-11-21 10:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 0, 15.50, 3, 4, 10), \
-         ('minute', toDateTime('2026-11-21 10:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 0.25, 1, 2, 7), \
-         ('minute', toDateTime('2026-11-21 10:01:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 1.00, 1, 1, 9), \
-         ('minute', toDateTime('2026-11-21 11:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 9.00, 1, 1, 12)",
+        "fill stream_minutes",
+        "INSERT INTO stream_minutes VALUES \
+         (toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 00:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 0, 5.00, 1, 1, 4), \
+         (toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 00:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 0, 15.50, 3, 4, 10), \
+         (toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 00:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 0.25, 1, 2, 7), \
+         (toDateTime('2026-11-21 10:01:00', 'UTC'), toDateTime('2026-11-21 10:00:00', 'UTC'), toDateTime('2026-11-21 00:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 1.00, 1, 1, 9), \
+         (toDateTime('2026-11-21 11:00:00', 'UTC'), toDateTime('2026-11-21 11:00:00', 'UTC'), toDateTime('2026-11-21 00:00:00', 'UTC'), '2026-11-21', 'total', '', 'purchases', 1, 9.00, 1, 1, 12)",
     )
     .await?;
 
@@ -361,6 +361,30 @@ async fn reports_and_series_read_exact_numbers() -> Result<()> {
             {"window_start": "2026-11-21T10:01:00Z", "key": "", "revenue": "1.00", "purchases": 1, "items": 1},
         ]),
         "the latest version of each partition, summed; 11:00 is outside the range"
+    );
+    // Hours and days are the sums of their minutes.
+    let hours =
+        "/api/analytics/series?granularity=hour&from=2026-11-21T10:00:00Z&to=2026-11-21T12:00:00Z";
+    let (s, _, b) = send(app, with_token(hours, None)?).await?;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        json_of(&b)?["rows"],
+        json!([
+            {"window_start": "2026-11-21T10:00:00Z", "key": "", "revenue": "16.75", "purchases": 5, "items": 7},
+            {"window_start": "2026-11-21T11:00:00Z", "key": "", "revenue": "9.00", "purchases": 1, "items": 1},
+        ]),
+        "hours"
+    );
+    let days =
+        "/api/analytics/series?granularity=day&from=2026-11-21T00:00:00Z&to=2026-11-22T00:00:00Z";
+    let (s, _, b) = send(app, with_token(days, None)?).await?;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        json_of(&b)?["rows"],
+        json!([
+            {"window_start": "2026-11-21T00:00:00Z", "key": "", "revenue": "25.75", "purchases": 6, "items": 8},
+        ]),
+        "days"
     );
     Ok(())
 }

@@ -15,7 +15,7 @@
 //!    `LAKESHOP_BENCH_STREAM_LATENCY_SECONDS`, default 30): the loader follows a fresh topic
 //!    (`--flush-interval 200ms`) while `gen` produces live; a poller thread asks ClickHouse
 //!    every 25 ms how far each partition is visible in the minute totals (the `version` of
-//!    `stream_windows` is the offset after the last record folded in). Afterwards every
+//!    `stream_minutes` is the offset after the last record folded in). Afterwards every
 //!    record's Kafka timestamp (the producer's CreateTime, taken when `gen` handed it to
 //!    librdkafka) is read back, and each record's latency is the time of the first answer
 //!    that showed it minus that timestamp: event produced → visible in a ClickHouse query,
@@ -31,8 +31,9 @@
 //!    equally likely (`gen --product-skew 0`), and live purchases at `LAKESHOP_BENCH_STREAM_KEYS_RATE` (20k/s) for
 //!    `LAKESHOP_BENCH_STREAM_KEYS_SECONDS` (120 s): ~2.4M purchases over 2-3 minutes of event
 //!    time give ~1.4M distinct (minute, product) windows, all open at once (they close 5
-//!    minutes after the watermark), plus the hour and day windows of ~0.9M products and the
-//!    purchase ids within the lateness. Peak RSS of `stream run --until-end` over them.
+//!    minutes after the watermark), ~0.9M (hour, product) keys (sums of those minutes, in
+//!    ClickHouse) and the purchase ids within the lateness. Peak RSS of `stream run
+//!    --until-end` over them.
 //!
 //! Every measured process runs under GNU time. The CPU the local services (broker, its S3
 //! storage, ClickHouse) spent during each run is reported beside it, from /proc, when
@@ -553,8 +554,8 @@ fn poller(
                 let rows = ch
                     .rows(
                         "visible offsets",
-                        "SELECT part, max(version) FROM stream_windows \
-                         WHERE granularity = 'minute' AND dim = 'total' GROUP BY part",
+                        "SELECT part, max(version) FROM stream_minutes \
+                         WHERE dim = 'total' GROUP BY part",
                     )
                     .await;
                 let at = now_ms();
@@ -812,8 +813,8 @@ async fn latency(dir: &Path, world: &World<'_>) -> Result<Value> {
         let rows = ch
             .rows(
                 "visible offsets",
-                "SELECT part, max(version) FROM stream_windows \
-                 WHERE granularity = 'minute' AND dim = 'total' GROUP BY part",
+                "SELECT part, max(version) FROM stream_minutes \
+                 WHERE dim = 'total' GROUP BY part",
             )
             .await?;
         let done = ends.iter().enumerate().all(|(p, end)| {
@@ -954,20 +955,20 @@ async fn keys(dir: &Path, databases: &mut Vec<String>) -> Result<Value> {
     let minute_keys = one(ch
         .rows(
             "minute product windows",
-            "SELECT uniqExact(window_start, key) FROM stream_windows WHERE granularity = 'minute' AND dim = 'product'",
+            "SELECT uniqExact(window_start, key) FROM stream_minutes WHERE dim = 'product'",
         )
         .await?);
     let in_one_hour = one(ch
         .rows(
             "minute product windows per hour",
             "SELECT max(n) FROM (SELECT toStartOfHour(window_start) AS h, uniqExact(window_start, key) AS n \
-             FROM stream_windows WHERE granularity = 'minute' AND dim = 'product' GROUP BY h)",
+             FROM stream_minutes WHERE dim = 'product' GROUP BY h)",
         )
         .await?);
     let hour_keys = one(ch
         .rows(
             "hour product windows",
-            "SELECT uniqExact(window_start, key) FROM stream_windows WHERE granularity = 'hour' AND dim = 'product'",
+            "SELECT uniqExact(hour_start, key) FROM stream_minutes WHERE dim = 'product'",
         )
         .await?);
     Ok(json!({

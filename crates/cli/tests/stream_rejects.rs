@@ -210,6 +210,31 @@ async fn every_kind_of_bad_record_is_counted_under_its_reason() -> Result<()> {
         ]),
         "by seller"
     );
+    // Hours and days are summed from the minutes, each under its own start (UTC here).
+    let starts = |granularity: &'static str| {
+        let ch = world.ch.clone();
+        async move {
+            ch.rows(
+                "window starts",
+                &format!(
+                    "SELECT toUnixTimestamp(window_start), purchases FROM stream_sales_v \
+                     WHERE granularity = '{granularity}' AND dim = 'total' ORDER BY window_start"
+                ),
+            )
+            .await
+        }
+    };
+    let midnight = t0.timestamp().div_euclid(86_400) * 86_400;
+    assert_eq!(
+        starts("day").await?,
+        vec![vec![midnight.to_string(), counted.to_string()]],
+        "day"
+    );
+    assert_eq!(
+        starts("hour").await?,
+        vec![vec![t0.timestamp().to_string(), counted.to_string()]],
+        "hour"
+    );
     // The late-but-allowed purchase updated its own minute.
     let minute16 = world
         .ch

@@ -6,7 +6,7 @@
 //! Applied files are recorded in `schema_migrations` (name, SHA-256 of the text, time): a
 //! recorded file is skipped, a recorded file whose text changed is an error, and a file that
 //! failed half-way runs again from its first statement (every statement is
-//! `... IF NOT EXISTS`).
+//! `... IF [NOT] EXISTS`).
 
 use sha2::Digest as _;
 use std::collections::BTreeMap;
@@ -26,6 +26,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_stream_tables.sql",
         include_str!("../../../schemas/clickhouse/0003_stream_tables.sql"),
+    ),
+    (
+        "0004_stream_minutes.sql",
+        include_str!("../../../schemas/clickhouse/0004_stream_minutes.sql"),
     ),
 ];
 

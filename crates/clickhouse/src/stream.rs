@@ -1,4 +1,5 @@
-//! The streaming loader's tables (`schemas/clickhouse/0003_stream_tables.sql`): rows encoded
+//! The streaming loader's tables (`schemas/clickhouse/0003_stream_tables.sql`, minute windows
+//! in `0004_stream_minutes.sql`): rows encoded
 //! as `RowBinary` (accepted over HTTP by 18.16 and every later release), and the reads that
 //! restore one Kafka partition's state after a restart or a rebalance.
 //!
@@ -169,8 +170,8 @@ impl RowBinary {
 pub enum StreamTable {
     /// One row per counted purchase.
     Purchases,
-    /// Window state per partition.
-    Windows,
+    /// Minute window state per partition.
+    Minutes,
     /// Records not counted, per minute and reason.
     Rejects,
     /// The loader's checkpoint per partition.
@@ -182,7 +183,7 @@ impl StreamTable {
     pub fn name(self) -> &'static str {
         match self {
             StreamTable::Purchases => "stream_purchases",
-            StreamTable::Windows => "stream_windows",
+            StreamTable::Minutes => "stream_minutes",
             StreamTable::Rejects => "stream_rejects",
             StreamTable::Checkpoints => "stream_checkpoints",
         }
@@ -196,9 +197,9 @@ impl StreamTable {
                  hour_start, day_start, client_id, seller_key, category, product_key, quantity, \
                  amount, content_hash"
             }
-            StreamTable::Windows => {
-                "granularity, window_start, event_date, dim, key, source, part, revenue, \
-                 purchases, items, version"
+            StreamTable::Minutes => {
+                "window_start, hour_start, day_start, event_date, dim, key, source, part, \
+                 revenue, purchases, items, version"
             }
             StreamTable::Rejects => {
                 "minute_start, event_date, reason, source, part, records, version"
@@ -223,10 +224,9 @@ pub struct Checkpoint {
     pub clock: i64,
 }
 
-/// A window row as restored: the latest version of one partition's state.
+/// A minute window row as restored: the latest version of one partition's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowState {
-    pub granularity: String,
     pub window_start: i64,
     pub dim: String,
     pub key: String,
@@ -352,8 +352,8 @@ impl ClickHouse {
             .collect()
     }
 
-    /// The latest state of every window of one partition that starts at or after `since`
-    /// (UTC seconds), one at a time as ClickHouse answers (a day of product windows is never
+    /// The latest state of every minute window of one partition that starts at or after
+    /// `since` (UTC seconds), one at a time as ClickHouse answers (the open windows are never
     /// held twice).
     pub async fn stream_windows(
         &self,
@@ -368,19 +368,18 @@ impl ClickHouse {
         self.each_row(
             op,
             &format!(
-                "SELECT granularity, toUInt32(window_start), dim, key, \
+                "SELECT toUInt32(window_start), dim, key, \
                         toString(argMax(revenue, version)), argMax(purchases, version), \
                         argMax(items, version), max(version) \
-                 FROM stream_windows \
+                 FROM stream_minutes \
                  WHERE source = '{topic}' AND part = {part} \
                    AND event_date >= toDate(toDateTime({since})) - 1 \
                    AND window_start >= toDateTime({since}) \
-                 GROUP BY granularity, window_start, dim, key"
+                 GROUP BY window_start, dim, key"
             ),
             |r| match r {
-                [g, s, d, k, rev, p, i, v] => {
+                [s, d, k, rev, p, i, v] => {
                     f(WindowState {
-                        granularity: g.to_string(),
                         window_start: field(s)?,
                         dim: d.to_string(),
                         key: k.to_string(),
@@ -482,7 +481,7 @@ impl ClickHouse {
     pub async fn require_stream_tables(&self) -> Result<()> {
         let names: Vec<&str> = [
             StreamTable::Purchases,
-            StreamTable::Windows,
+            StreamTable::Minutes,
             StreamTable::Rejects,
             StreamTable::Checkpoints,
         ]

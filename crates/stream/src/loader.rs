@@ -190,9 +190,9 @@ impl Checkpoints {
                 c.watermark,
                 c.clock,
             );
-            // Rows are folded in as they arrive: the state is never held twice.
-            // Day windows may last 25 hours; everything older is closed.
-            let windows_since = c.watermark - lateness - 26 * 3600;
+            // Rows are folded in as they arrive: the state is never held twice. A minute
+            // that ended longer than the lateness before the watermark is closed.
+            let windows_since = c.watermark - lateness - 60;
             self.ch
                 .stream_windows(&self.topic, p, windows_since, |w| {
                     st.restore_window(w, &dims)
@@ -599,7 +599,7 @@ impl Loop {
         let task = self.runtime.spawn(async move {
             let (a, b, c) = tokio::join!(
                 insert(&ch, StreamTable::Purchases, body),
-                insert(&ch, StreamTable::Windows, Arc::new(windows)),
+                insert(&ch, StreamTable::Minutes, Arc::new(windows)),
                 insert(&ch, StreamTable::Rejects, Arc::new(rejects)),
             );
             a.and(b).and(c)?;

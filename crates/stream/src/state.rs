@@ -1,6 +1,9 @@
 //! One Kafka partition's streaming state, a pure function of the partition's records in
-//! offset order: which purchase ids were counted, the open windows' totals, the reject
-//! counters, the watermark and the clock.
+//! offset order: which purchase ids were counted, the open minute windows' totals, the
+//! reject counters, the watermark and the clock. Hour and day windows are not held: every
+//! zone's offset is a whole number of minutes, so a minute lies in one business hour and one
+//! business day, and ClickHouse sums the minutes (each minute row carries its hour's and
+//! day's starts).
 //!
 //! Every window (and reject counter) carries a version: the offset after the last record
 //! folded into it. Folding a record into a window is skipped when the window's version is
@@ -25,7 +28,7 @@ mod seen;
 mod windows;
 
 use seen::{Seen, SeenIds};
-use windows::Windows;
+use windows::{Totals, Windows};
 
 /// What a record counts under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -155,9 +158,9 @@ pub struct PartitionState {
     /// Newest event or Kafka time seen (UTC seconds): the minute of reject counters.
     pub clock: i64,
     windows: Windows,
-    /// The total's window of each granularity last folded into (start, slot): records
-    /// arrive nearly in time order, so most find it here without a lookup.
-    totals: [Option<(i64, u32)>; 3],
+    /// The total's minute window last folded into (start, slot): records arrive nearly in
+    /// time order, so most find it here without a lookup.
+    total: Option<(i64, u32)>,
     /// Slots of the windows changed since the last flush began.
     dirty_windows: Vec<u32>,
     /// Slots of the windows whose rows are in the flush in flight (clean unless changed since).
@@ -236,7 +239,7 @@ impl PartitionState {
             watermark,
             clock,
             windows: Windows::default(),
-            totals: [None; 3],
+            total: None,
             dirty_windows: Vec::new(),
             flying_windows: Vec::new(),
             rejects: HashMap::default(),
@@ -249,26 +252,28 @@ impl PartitionState {
         }
     }
 
-    /// Restores one window's latest stored state.
+    /// Restores one minute window's latest stored state.
     pub fn restore_window(&mut self, w: WindowState, dims: &Dims) {
-        let (Some(granularity), Some(dim)) =
-            (Granularity::parse(&w.granularity), Dim::parse(&w.dim))
-        else {
+        let Some(dim) = Dim::parse(&w.dim) else {
             return;
         };
-        let span = self.calendar.span(granularity, w.window_start);
+        let span = self.calendar.span(Granularity::Minute, w.window_start);
         let key = match dim {
             Dim::Total => Key::Total,
             Dim::Category => dims.stored_keys("", &w.key, "").category,
             Dim::Seller | Dim::Product => Key::stored_id(&w.key),
         };
         let code = self.windows.code(&key);
-        let i = self.windows.entry(granularity, span, dim, code);
-        let slot = self.windows.slot_mut(i);
-        slot.revenue = w.revenue;
-        slot.purchases = w.purchases;
-        slot.items = w.items;
-        slot.version = w.version;
+        let i = self.windows.entry(span, dim, code);
+        self.windows.set_totals(
+            i,
+            Totals {
+                revenue: w.revenue,
+                purchases: w.purchases,
+                items: w.items,
+            },
+        );
+        self.windows.slot_mut(i).version = w.version;
     }
 
     /// Restores one reject counter's latest stored state.
@@ -401,39 +406,31 @@ impl PartitionState {
         let amount = i128::from(p.quantity) * cents(p.price);
         let version = offset as u64 + 1;
         let calendar = &mut self.calendar;
-        let spans = Granularity::ALL.map(|g| (g, calendar.span(g, ts)));
+        let spans = Granularity::ALL.map(|g| calendar.span(g, ts));
+        let minute = spans[0];
         let codes = [
             self.windows.code(&Key::Total),
             self.windows.code(&keys.seller),
             self.windows.code(&keys.category),
             self.windows.code(&keys.product),
         ];
-        for (gi, (g, span)) in spans.into_iter().enumerate() {
-            for (dim, code) in Dim::ALL.into_iter().zip(codes) {
-                let i = match (dim, self.totals[gi]) {
-                    (Dim::Total, Some((start, i))) if start == span.start => i,
-                    (Dim::Total, _) => {
-                        let i = self.windows.entry(g, span, dim, code);
-                        self.totals[gi] = Some((span.start, i));
-                        i
-                    }
-                    _ => self.windows.entry(g, span, dim, code),
-                };
-                let w = self.windows.slot_mut(i);
-                if version > w.version {
-                    w.revenue += amount;
-                    w.purchases += 1;
-                    w.items += u64::from(p.quantity);
-                    w.version = version;
-                    if self.windows.mark_dirty(i) {
-                        self.dirty_windows.push(i);
-                    }
+        for (dim, code) in Dim::ALL.into_iter().zip(codes) {
+            let i = match (dim, self.total) {
+                (Dim::Total, Some((start, i))) if start == minute.start => i,
+                (Dim::Total, _) => {
+                    let i = self.windows.entry(minute, dim, code);
+                    self.total = Some((minute.start, i));
+                    i
                 }
+                _ => self.windows.entry(minute, dim, code),
+            };
+            if self.windows.fold(i, version, amount, p.quantity) {
+                self.dirty_windows.push(i);
             }
         }
         if !replayed {
             self.seen.insert_probed(probe, Seen { offset, hash, ts });
-            let [(_, minute), (_, hour), (_, day)] = spans;
+            let [minute, hour, day] = spans;
             self.purchases
                 .uuid_text(id)
                 .string(&self.settings.topic)
@@ -472,20 +469,25 @@ impl PartitionState {
         out.append(&mut self.purchases);
     }
 
-    /// Encodes every window changed since the last acknowledged flush (full state).
-    pub fn window_rows(&self, out: &mut RowBinary) {
+    /// Encodes every minute window changed since the last acknowledged flush (full state),
+    /// with the starts of its business hour and day.
+    pub fn window_rows(&mut self, out: &mut RowBinary) {
         for &i in &self.dirty_windows {
             let a = self.windows.slot(i);
-            out.string(a.granularity().as_str())
-                .datetime(a.start())
+            let t = self.windows.totals(i);
+            let hour = self.calendar.span(Granularity::Hour, a.start()).start;
+            let day = self.calendar.span(Granularity::Day, a.start()).start;
+            out.datetime(a.start())
+                .datetime(hour)
+                .datetime(day)
                 .date(a.date())
                 .string(a.dim().as_str());
             self.windows.write_key(i, out);
             out.string(&self.settings.topic)
                 .u16(self.part as u16)
-                .decimal128(a.revenue)
-                .u64(a.purchases)
-                .u64(a.items)
+                .decimal128(t.revenue)
+                .u64(t.purchases)
+                .u64(t.items)
                 .u64(a.version);
             out.end_row();
         }
@@ -577,9 +579,9 @@ impl PartitionState {
         }
         let wm = self.watermark;
         let lateness = self.settings.lateness;
-        self.windows.evict(|w| w.ended_by() + lateness <= wm);
+        self.windows.evict(|w| w.end() + lateness <= wm);
         // Slots may have been freed and reused.
-        self.totals = [None; 3];
+        self.total = None;
         let minute = self.clock.div_euclid(60) * 60;
         self.rejects.retain(|k, c| c.dirty || k.0 >= minute);
         self.seen.forget_before(wm - lateness);
@@ -597,14 +599,14 @@ impl PartitionState {
             .iter()
             .map(|&i| {
                 let a = self.windows.slot(i);
+                let t = self.windows.totals(i);
                 WindowState {
-                    granularity: a.granularity().as_str().to_string(),
                     window_start: a.start(),
                     dim: a.dim().as_str().to_string(),
                     key: self.windows.key(i).to_string(),
-                    revenue: a.revenue,
-                    purchases: a.purchases,
-                    items: a.items,
+                    revenue: t.revenue,
+                    purchases: t.purchases,
+                    items: t.items,
                     version: a.version,
                 }
             })
