@@ -1,4 +1,4 @@
--- lakeshop schema version 2: the streaming loader keeps minute windows only; hour and day
+-- lakeshop schema version 1: the streaming loader keeps minute windows only; hour and day
 -- windows are the sums of their minutes, taken by the views.
 -- Every zone's offset is a whole number of minutes, so a (UTC) minute lies in exactly one
 -- business hour and one business day, and a purchase falls in the hour and day of its
@@ -6,7 +6,7 @@
 -- windows the loader held before. The loader now holds only the minutes still open (a few
 -- minutes past the watermark, not the day), restores only those after a restart, and folds
 -- each purchase into a third of the windows.
--- `stream_minutes` replaces `stream_windows` (schema version 1), which is no longer written
+-- `stream_minutes` replaces `stream_windows` (0003_stream_tables.sql), which is no longer written
 -- or read: what it holds stays until dropped by hand. Each minute row carries the starts of
 -- its business hour and day (the loader's calendar), so the views need no time zone.
 -- Runs on ClickHouse 18.16 and current releases (18.16 has no DROP VIEW: a view is dropped
