@@ -74,18 +74,6 @@ fn render_url(url: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// `stream run` over what the topic holds; its summary.
-fn load(world: &World) -> Result<Value> {
-    batch_support::last_json(&world.run(&[
-        "stream",
-        "run",
-        "--no-metrics",
-        "--until-end",
-        "--idle",
-        "2s",
-    ])?)
-}
-
 fn purchase(id: u128, at: &str) -> String {
     format!(
         r#"{{"purchase_id":"{}","client_id":"{CLIENT}","product_id":"{PRODUCT}","seller_id":"{SELLER}","quantity":2,"price":12.50,"timestamp":"{at}"}}"#,
@@ -246,7 +234,7 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
     assert_eq!(s, 202, "{body}");
     assert_eq!(serde_json::from_str::<Value>(&body)?["duplicates"], 1);
 
-    let stats = load(&world)?;
+    let stats = world.stream_until_end()?;
     assert_eq!(stats["counted"], 20, "{stats}");
 
     let (s, body) = http(
@@ -282,7 +270,7 @@ async fn purchases_posted_to_the_api_show_in_its_live_series_once() -> Result<()
     );
     let (s, body) = http("POST", &format!("{base}/api/purchases"), Some(&more))?;
     assert_eq!(s, 202, "{body}");
-    assert_eq!(load(&world)?["counted"], 4);
+    assert_eq!(world.stream_until_end()?["counted"], 4);
     let dom = render(&base)?;
     assert!(
         dom.contains(r#"id="revenue-total">600.00<"#) && dom.contains(r#"data-revenue="600.00""#),

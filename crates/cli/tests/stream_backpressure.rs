@@ -6,13 +6,11 @@
 mod batch_support;
 
 use anyhow::{Context as _, Result};
-use batch_support::{Setup, StageKind, World};
+use batch_support::World;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-const SELLER: &str = "9b2e4c11-8a6f-4b0e-8d7a-2c3f5e6a7b02";
-const PRODUCT: &str = "6f1c7a52-1d7e-4a53-9a43-0f5b2f0c1a01";
 /// How long the proxy holds each piece of an answer.
 const DELAY: Duration = Duration::from_millis(300);
 /// The bound under test.
@@ -56,19 +54,7 @@ async fn slow_proxy(upstream: String) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_clickhouse_bounds_the_records_awaiting_acknowledgement() -> Result<()> {
-    let topic = lakeshop_testkit::unique("purchases");
-    lakeshop_testkit::create_topic(&topic, 3).await?;
-    let world = World::new(
-        StageKind::Local,
-        Setup {
-            purchases_topic: Some(topic.clone()),
-            ..Setup::default()
-        },
-    )?;
-    world.run(&["migrate"])?;
-    let stage = world.stage();
-    batch_support::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
-    batch_support::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)]).await?;
+    let (world, _topic) = World::for_stream(3).await?;
     let truth = world.dir.path().join("truth.json");
     world.run(&[
         "gen",
@@ -106,14 +92,7 @@ async fn slow_clickhouse_bounds_the_records_awaiting_acknowledgement() -> Result
         &world.pipeline,
         format!("{text}[stream]\nflush_interval = \"50ms\"\nmax_unacked_records = {MAX_UNACKED}\n"),
     )?;
-    let stats = batch_support::last_json(&world.run(&[
-        "stream",
-        "run",
-        "--no-metrics",
-        "--until-end",
-        "--idle",
-        "2s",
-    ])?)?;
+    let stats = world.stream_until_end()?;
     eprintln!("stream run: {stats}");
     assert_eq!(stats["read"], sent, "records read: {stats}");
     assert_eq!(stats["counted"], purchases, "purchases counted: {stats}");

@@ -8,18 +8,17 @@
 mod batch_support;
 
 use anyhow::{Context as _, Result};
-use batch_support::{Setup, StageKind, World};
+use batch_support::World;
 use chrono::{DateTime, TimeDelta, Utc};
 use lakeshop_gen::BadKind;
 use lakeshop_model::Purchase;
 use rust_decimal::Decimal;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-const PRODUCT: &str = "6f1c7a52-1d7e-4a53-9a43-0f5b2f0c1a01";
-const SELLER: &str = "9b2e4c11-8a6f-4b0e-8d7a-2c3f5e6a7b02";
+const PRODUCT: &str = batch_support::STREAM_PRODUCT;
+const SELLER: &str = batch_support::STREAM_SELLER;
 const CLIENT: &str = "0d3a5b7c-9e1f-4a2b-8c4d-6e8f0a1b2c03";
 
 fn purchase(id: u128, product: &str, seller: Option<&str>, ts: DateTime<Utc>) -> Purchase {
@@ -32,18 +31,6 @@ fn purchase(id: u128, product: &str, seller: Option<&str>, ts: DateTime<Utc>) ->
         price: Decimal::from_str("12.50").expect("decimal"),
         timestamp: ts,
     }
-}
-
-fn stream_run(world: &World) -> Result<Value> {
-    let out = world.run(&[
-        "stream",
-        "run",
-        "--no-metrics",
-        "--until-end",
-        "--idle",
-        "2s",
-    ])?;
-    batch_support::last_json(&out)
 }
 
 async fn sum_by_reason(world: &World) -> Result<BTreeMap<String, u64>> {
@@ -79,27 +66,13 @@ async fn day_windows(world: &World, dim: &str) -> Result<BTreeMap<String, (Decim
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_kind_of_bad_record_is_counted_under_its_reason() -> Result<()> {
-    let topic = lakeshop_testkit::unique("purchases");
-    lakeshop_testkit::create_topic(&topic, 1).await?;
-    let world = World::new(
-        StageKind::Local,
-        Setup {
-            purchases_topic: Some(topic.clone()),
-            ..Setup::default()
-        },
-    )?;
+    let (world, topic) = World::for_stream(1).await?;
     let dead_letters = lakeshop_testkit::unique("dead_letters");
     lakeshop_testkit::create_topic(&dead_letters, 1).await?;
-    let mut text = std::fs::read_to_string(&world.pipeline)?;
-    text.push_str(&format!(
+    world.append_pipeline(&format!(
         "[kafka.topics.dead_letters]\nname = \"{dead_letters}\"\npartitions = 1\n\
          [stream]\nforward_dead_letters = true\n"
-    ));
-    std::fs::write(&world.pipeline, text)?;
-    world.run(&["migrate"])?;
-    let stage = world.stage();
-    batch_support::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
-    batch_support::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)]).await?;
+    ))?;
 
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
@@ -157,7 +130,7 @@ async fn every_kind_of_bad_record_is_counted_under_its_reason() -> Result<()> {
     )
     .await?;
 
-    let stats = stream_run(&world)?;
+    let stats = world.stream_until_end()?;
     let by_reason: BTreeMap<String, u64> =
         serde_json::from_value(stats["rejected_by_reason"].clone())?;
     assert_eq!(by_reason, want, "summary: rejected by reason");
@@ -250,7 +223,7 @@ async fn every_kind_of_bad_record_is_counted_under_its_reason() -> Result<()> {
     assert_eq!(minute16, vec![vec!["1".to_string()]], "minute 16");
 
     // From the checkpoint: nothing is read or counted again.
-    let again = stream_run(&world)?;
+    let again = world.stream_until_end()?;
     assert_eq!(again["read"], 0, "second run read again: {again}");
     assert_eq!(
         sum_by_reason(&world).await?,

@@ -164,7 +164,57 @@ impl World {
     pub fn json(&self, args: &[&str]) -> Result<Value> {
         last_json(&self.run(args)?)
     }
+
+    /// A stream test's world: a fresh purchases topic of `partitions` partitions, the
+    /// ClickHouse tables migrated, and a local stage whose catalogue is one seller
+    /// ([`STREAM_SELLER`], "Shop") and one product of it ([`STREAM_PRODUCT`], "Lamp",
+    /// lighting). Returns the world and its topic.
+    pub async fn for_stream(partitions: i32) -> Result<(Self, String)> {
+        let topic = lakeshop_testkit::unique("purchases");
+        lakeshop_testkit::create_topic(&topic, partitions).await?;
+        let world = Self::new(
+            StageKind::Local,
+            Setup {
+                purchases_topic: Some(topic.clone()),
+                ..Setup::default()
+            },
+        )?;
+        world.run(&["migrate"])?;
+        let stage = world.stage();
+        append_sellers(&stage, &[(STREAM_SELLER, "Shop")]).await?;
+        append_products(
+            &stage,
+            &[(STREAM_PRODUCT, "Lamp", "lighting", STREAM_SELLER)],
+        )
+        .await?;
+        Ok((world, topic))
+    }
+
+    /// Appends TOML to the pipeline file (tables not in it yet).
+    pub fn append_pipeline(&self, toml: &str) -> Result<()> {
+        let mut text = std::fs::read_to_string(&self.pipeline)?;
+        text.push_str(toml);
+        std::fs::write(&self.pipeline, text)?;
+        Ok(())
+    }
+
+    /// `stream run --until-end` (2 s idle, no metrics server); its summary.
+    pub fn stream_until_end(&self) -> Result<Value> {
+        self.json(&[
+            "stream",
+            "run",
+            "--no-metrics",
+            "--until-end",
+            "--idle",
+            "2s",
+        ])
+    }
 }
+
+/// The seller of a stream test's catalogue ([`World::for_stream`]).
+pub const STREAM_SELLER: &str = "9b2e4c11-8a6f-4b0e-8d7a-2c3f5e6a7b02";
+/// The product of a stream test's catalogue ([`World::for_stream`]).
+pub const STREAM_PRODUCT: &str = "6f1c7a52-1d7e-4a53-9a43-0f5b2f0c1a01";
 
 /// Drops the test's ClickHouse database, whether the test passed or not.
 impl Drop for World {
