@@ -21,9 +21,10 @@
 //!    that showed it minus that timestamp: event produced → visible in a ClickHouse query,
 //!    per record, to within one poll. p50/p99 over the steady part (from 3 s after the first
 //!    record to 1 s before the kill below: a record produced just before the kill waits for
-//!    the restart, and counts under recovery). A bare consumer reads the same topic meanwhile (fetch wait
-//!    10 ms) and notes when each record reached it: that splits each latency into the
-//!    broker's part (produced -> delivered) and the loader's (delivered -> visible).
+//!    the restart, and counts under recovery). A bare consumer reads the same topic
+//!    meanwhile (fetch wait 10 ms) and notes when each record reached it: that splits each
+//!    latency into the broker's part (produced -> delivered) and the loader's (delivered ->
+//!    visible).
 //! 5. Recovery: at `LAKESHOP_BENCH_STREAM_KILL_AT` (default 15 s) the loader is SIGKILLed and
 //!    started again at once. At each poll the staleness is the age of the oldest produced
 //!    record not yet visible; recovery is the time from the kill to the first poll from
