@@ -7,7 +7,8 @@
 //! and restarted; the same while `stage optimize` compacts the tables in a loop; two
 //! extractors sharing one consumer group, one of them killed and restarted.
 //!
-//! Size: `LAKESHOP_CRASH_TEST_RATE` purchases/s for 10 s (default 20000, i.e. 200k).
+//! Size: `LAKESHOP_CRASH_TEST_RATE` purchases/s for 10 s (default 20000, i.e. 200k); the
+//! group runs stream the same count over 20 s.
 
 mod common;
 
@@ -106,6 +107,13 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
         ),
     )?;
     let bin = env!("CARGO_BIN_EXE_lakeshop");
+    // A group streams the same records over 20 s: a member joining late still finds live
+    // records to stage.
+    let (rate, seconds) = if mode == Mode::Group {
+        (rate / 2, 20)
+    } else {
+        (rate, 10)
+    };
     let truth_path = dir.path().join("truth.json");
     let mut gen = Command::new(bin)
         .arg("--config")
@@ -119,7 +127,7 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
             "--rate",
             &rate.to_string(),
             "--duration",
-            "10s",
+            &format!("{seconds}s"),
         ])
         .args([
             "--duplicate-fraction",
@@ -216,7 +224,22 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
     let started = Instant::now();
     let mut rng = rand::rng();
     while kills < 5 || gen.try_wait()?.is_none() {
+        let n = spawned.get();
         let mut child = extractor()?;
+        if group && kills == 0 {
+            // The first member killed in a group has staged rows first: a (re)joining member
+            // may wait several seconds for partitions, so no fixed life would be enough.
+            let log = dir.path().join(format!("extractor-{n}.log"));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while read_log(&log)?.1 == 0 {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "member {n} staged nothing in 60 s: {}",
+                    tail(&log)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         // In a group a member lives long enough to be given partitions and stage some.
         let life = if group { 3000..6000 } else { 700..2500 };
         std::thread::sleep(Duration::from_millis(rng.random_range(life)));
@@ -337,6 +360,13 @@ async fn crash_and_check(stage_uri: String, mode: Mode) -> Result<()> {
         eprintln!("group: partition holders {holders:?}, rows staged by member {staged_by:?}");
     }
     Ok(())
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
 /// From one extractor's JSON log: the partitions of each assignment, in order, and the rows
