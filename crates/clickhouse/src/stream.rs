@@ -29,6 +29,22 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// The two lower-case hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// Where the hex digits of each byte of a UUID go in its length-prefixed canonical text
+/// (the length byte first, hyphens after the 4th, 6th, 8th and 10th byte).
+const UUID_HEX_AT: [usize; 16] = [1, 3, 5, 7, 10, 12, 15, 17, 20, 22, 25, 27, 29, 31, 33, 35];
+
 /// A `RowBinary` body under construction.
 #[derive(Debug, Default, Clone)]
 pub struct RowBinary {
@@ -85,18 +101,10 @@ impl RowBinary {
     /// A `String` holding `id` as a UUID's canonical text (hyphenated lower-case hex, 36
     /// bytes), encoded in place: the same bytes as [`Self::string`] of that text.
     pub fn uuid_text(&mut self, id: u128) -> &mut Self {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut text = [0u8; 37];
+        let mut text = [b'-'; 37];
         text[0] = 36;
-        let mut at = 1;
-        for (i, b) in id.to_be_bytes().into_iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                text[at] = b'-';
-                at += 1;
-            }
-            text[at] = HEX[usize::from(b >> 4)];
-            text[at + 1] = HEX[usize::from(b & 15)];
-            at += 2;
+        for (b, at) in id.to_be_bytes().into_iter().zip(UUID_HEX_AT) {
+            text[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(b)]);
         }
         // A fixed-size copy: no call into the library's memmove for 37 bytes.
         self.buf.extend_from_slice(&text);
