@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps up down status build test fuzz-api bench demo fmt check
+.PHONY: help deps up down status build test fuzz-api bench bench-records demo fmt check
 
 # Build cache outside the clone, shared by every clone and by CI (never relied on).
 CARGO_TARGET_DIR ?= $(HOME)/.cache/lakeshop/target
@@ -57,7 +57,10 @@ fuzz-api: up ## Schemathesis against a running `lakeshop serve`, 500 examples pe
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream --bench api
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream --bench records --bench history --bench api
+
+bench-records: ## The loader's per-record CPU, no broker or ClickHouse (seconds; bench-results/)
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) cargo bench --workspace --bench records
 
 fmt: ## Format the code
 	cargo fmt --all

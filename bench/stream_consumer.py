@@ -8,7 +8,8 @@ record, to set lakeshop's CPU next to.
 
 Usage: stream_consumer.py BROKERS TOPIC PARTITIONS CH_HOST CH_PORT CH_USER CH_DATABASE TABLE
 (the password from CLICKHOUSE_PASSWORD). Prints one JSON line: records, rows, skipped,
-inserts, seconds.
+inserts, seconds, and the process's CPU seconds (all threads) in all and when the first
+record arrived (start-up: imports, connections).
 """
 
 import datetime
@@ -54,6 +55,7 @@ def main() -> None:
 
     started = time.perf_counter()
     records = rows_total = skipped = inserts = 0
+    cpu_before_first = None
     rows = []
     at_end = set()
     while len(at_end) < partitions:
@@ -65,6 +67,8 @@ def main() -> None:
                     continue
                 raise RuntimeError(str(err))
             at_end.discard(msg.partition())
+            if cpu_before_first is None:
+                cpu_before_first = time.process_time()
             records += 1
             try:
                 p = json.loads(msg.value())
@@ -98,6 +102,8 @@ def main() -> None:
                 "skipped": skipped,
                 "inserts": inserts,
                 "seconds": time.perf_counter() - started,
+                "cpu_seconds_before_first_record": cpu_before_first,
+                "cpu_seconds": time.process_time(),
             }
         )
     )

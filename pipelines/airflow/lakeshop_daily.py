@@ -16,7 +16,10 @@ whole (idempotent), prints its summary as JSON and pushes it through XCom;
 `check_batch_summary` fails the run when the counts do not add up (rules in lakeshop_dq.py).
 `reconcile` runs `lakeshop reconcile --date DAY --json` (its JSON report goes to the task log)
 and fails the run when the stream's day, hours, sellers, products or categories differ from the
-batch tables in a way dimension drift does not explain (exit status 1). `maintain_stage`
+batch tables in a way dimension drift does not explain (exit status 1), when the streaming loader
+has not closed the day yet (exit status 3: a partition's watermark short of the day's end plus
+the allowed lateness; clear the task once the loader caught up) or when neither side holds the
+day (exit status 4). `maintain_stage`
 compacts every stage table (`stage optimize`) and then deletes the files no version of the
 last 7 days needs (`stage vacuum`, never below the tables' retention); both are safe beside
 running extracts.

@@ -368,19 +368,25 @@ pub async fn series(
     let (from, to) = (from.clamp(first, last), to.clamp(first, last));
     // The key goes into the query only as a parsed UUID (or the literal `unknown`); a
     // category is matched here, after the query.
-    let key_sql = match (dim, q.key.as_deref()) {
-        (_, None) | (Dim::Category, _) => String::new(),
+    let key = match (dim, q.key.as_deref()) {
+        (_, None) | (Dim::Category, _) => None,
         (Dim::Total, Some(_)) => {
             return Err(ApiError::invalid("key: dim total has no keys", Vec::new()))
         }
-        (_, Some("unknown")) => " AND key = 'unknown'".to_string(),
+        (_, Some("unknown")) => Some("unknown".to_string()),
         (_, Some(k)) => {
             let id = Uuid::parse_str(k).map_err(|_| {
                 ApiError::invalid(format!("key: {k:?} is not a UUID or `unknown`"), Vec::new())
             })?;
-            format!(" AND key = '{}'", id.hyphenated())
+            Some(id.hyphenated().to_string())
         }
     };
+    let key_filter = |column: &str| {
+        key.as_deref()
+            .map(|k| format!(" AND {column} = '{k}'"))
+            .unwrap_or_default()
+    };
+    let key_sql = key_filter("key");
     // Hour and day windows are the sums of their minutes; each minute row carries the start
     // of its business hour and day. Day windows start at the business day's midnight:
     // looking one day further back on event_date keeps every window of the range while
@@ -390,20 +396,41 @@ pub async fn series(
         Granularity::Hour => "hour_start",
         Granularity::Day => "day_start",
     };
-    let sql = format!(
-        "SELECT toString(toUnixTimestamp(s)), key, toString(sum(r)), toString(sum(p)), toString(sum(i)) \
-         FROM (SELECT window_start, key, source, part, any({start}) AS s, argMax(revenue, version) AS r, \
-         argMax(purchases, version) AS p, argMax(items, version) AS i FROM stream_minutes \
-         WHERE dim = '{}'{key_sql} \
-         AND event_date >= {} AND event_date <= {} \
-         AND {start} >= toDateTime({}) AND {start} < toDateTime({}) \
-         GROUP BY window_start, key, source, part) \
-         GROUP BY s, key ORDER BY s, key",
-        dim.as_str(),
+    // Purchases counted later than the loader's lateness are correction rows of their own
+    // (`stream_late_v`), added to their windows as the views add them.
+    let late_start = match q.granularity {
+        Granularity::Minute => "minute_start",
+        Granularity::Hour => "hour_start",
+        Granularity::Day => "day_start",
+    };
+    let late_key = match dim {
+        Dim::Total => "''",
+        Dim::Seller => "seller_key",
+        Dim::Category => "category",
+        Dim::Product => "product_key",
+    };
+    let late_key_sql = key_filter(late_key);
+    let (first_day, last_day) = (
         date_literal((from.date_naive() - Duration::days(1)).max(FIRST_DAY)),
         date_literal(to.date_naive() + Duration::days(1)),
-        from.timestamp(),
-        to.timestamp(),
+    );
+    let sql = format!(
+        "SELECT toString(toUnixTimestamp(s)), key, toString(sum(r)), toString(sum(p)), toString(sum(i)) \
+         FROM (SELECT any({start}) AS s, key, argMax(revenue, version) AS r, \
+         argMax(purchases, version) AS p, argMax(items, version) AS i FROM stream_minutes \
+         WHERE dim = '{dim}'{key_sql} \
+         AND event_date >= {first_day} AND event_date <= {last_day} \
+         AND {start} >= toDateTime({from_s}) AND {start} < toDateTime({to_s}) \
+         GROUP BY window_start, key, source, part \
+         UNION ALL \
+         SELECT {late_start} AS s, {late_key} AS key, amount AS r, toUInt64(1) AS p, \
+         toUInt64(quantity) AS i FROM stream_late_v \
+         WHERE event_date >= {first_day} AND event_date <= {last_day}{late_key_sql} \
+         AND {late_start} >= toDateTime({from_s}) AND {late_start} < toDateTime({to_s})) \
+         GROUP BY s, key ORDER BY s, key",
+        dim = dim.as_str(),
+        from_s = from.timestamp(),
+        to_s = to.timestamp(),
     );
     let rows = state
         .clickhouse

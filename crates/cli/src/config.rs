@@ -357,9 +357,16 @@ pub struct BatchConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
-    /// Lateness accepted before a window closes. Default `5m`.
+    /// Lateness accepted before a window closes (measured on the watermark); later
+    /// purchases are counted all the same, as corrections of their closed windows. Default
+    /// `5m`.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// How far ahead of its Kafka timestamp a purchase may be stamped and still move the
+    /// watermark to its own time; beyond, it counts in its own windows, moves the watermark
+    /// no further than its Kafka timestamp plus this, and is flagged `future`. Default `1m`.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// Flush changed windows and the checkpoint at least this often while records flow:
     /// the pace of event-to-ClickHouse latency (each flush is up to four small inserts).
     /// Default `200ms`.
@@ -381,6 +388,7 @@ impl Default for StreamConfig {
     fn default() -> Self {
         Self {
             allowed_lateness: Duration::from_secs(300),
+            max_clock_skew: Duration::from_secs(60),
             flush_interval: Duration::from_millis(200),
             max_unacked_records: 500_000,
             dims_refresh: Duration::from_secs(5),

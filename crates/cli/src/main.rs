@@ -192,6 +192,18 @@ struct GenArgs {
     /// Fraction of invalid records, of many kinds, each counted in the truth.
     #[arg(long, default_value_t = 0.0)]
     bad_fraction: f64,
+    /// Fraction of valid purchases stamped 6 to 30 minutes before their time (in live mode
+    /// their produce time, the Kafka timestamp), later than the streaming loader's default
+    /// lateness; history mode shifts them the same way. Counted in the truth under their
+    /// stamp.
+    #[arg(long, default_value_t = 0.0)]
+    late_fraction: f64,
+    /// Fraction of valid purchases stamped 2 to 60 minutes after their time (in live mode
+    /// their produce time, the Kafka timestamp), further ahead than the streaming loader's
+    /// default clock skew; history mode shifts them the same way. Counted in the truth under
+    /// their stamp.
+    #[arg(long, default_value_t = 0.0)]
+    future_fraction: f64,
     /// How much a few products dominate sales: the Zipf exponent of product popularity
     /// (0: every product equally likely).
     #[arg(long, default_value_t = 1.1)]
@@ -373,6 +385,10 @@ struct ReconcileArgs {
     /// Print the whole comparison (every row of every check) as JSON.
     #[arg(long)]
     json: bool,
+    /// Compare days the stream has not closed yet (a partition's watermark short of the
+    /// day's end plus the allowed lateness), which are otherwise refused with exit status 3.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -643,6 +659,8 @@ async fn gen(config: &Config, args: GenArgs) -> Result<()> {
         duplicate_fraction: args.duplicate_fraction,
         unknown_fraction: args.unknown_fraction,
         bad_fraction: args.bad_fraction,
+        late_fraction: args.late_fraction,
+        future_fraction: args.future_fraction,
         product_skew: args.product_skew,
         seed: args.seed,
         timezone: config.timezone()?,

@@ -1,6 +1,10 @@
 //! Wiring of `reconcile`: the stream's aggregates of a day range against the batch job's
-//! ([`lakeshop_stream::reconcile`]), printed as a table or JSON; exit 1 on a difference that
-//! dimension drift does not explain.
+//! ([`lakeshop_stream::reconcile`]), printed as a table or JSON.
+//!
+//! Exit status: 0 every day equal (differences, if any, are dimension drift); 1 a difference
+//! drift does not explain (or an error); 3 a day the stream has not closed yet, refused
+//! before anything is compared (`--force` compares it anyway); 4 a day neither side holds
+//! anything of (nothing was compared).
 
 use anyhow::{bail, Context as _, Result};
 use lakeshop_stream::reconcile::{DayReport, Measures, Reconciliation, Row};
@@ -8,6 +12,11 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::ReconcileArgs;
+
+/// A day the stream has not closed: refused.
+const EXIT_OPEN_DAY: u8 = 3;
+/// A day with nothing on either side: nothing compared.
+const EXIT_NOTHING: u8 = 4;
 
 pub async fn run(config: &Config, args: ReconcileArgs) -> Result<ExitCode> {
     let (from, to) = crate::analytics::range(
@@ -20,6 +29,44 @@ pub async fn run(config: &Config, args: ReconcileArgs) -> Result<ExitCode> {
         bail!("--from {from} is after --to {to}");
     }
     let ch = crate::analytics::clickhouse(config)?;
+    let (pipeline, topic) = (&config.pipeline.name, config.kafka.topic("purchases"));
+    let checkpoints = ch
+        .stream_checkpoints(pipeline, &topic)
+        .await
+        .with_context(|| {
+            format!(
+                "reading the stream's checkpoints in {} at {} (has `lakeshop migrate` created the stream tables?)",
+                ch.database(),
+                config.clickhouse.url
+            )
+        })?;
+    let (tz, lateness) = (
+        config.timezone()?,
+        config.stream.allowed_lateness.as_secs() as i64,
+    );
+    let open: Vec<String> = from
+        .iter_days()
+        .take_while(|d| *d <= to)
+        .filter_map(|d| {
+            lakeshop_stream::reconcile::closure_of(&checkpoints, tz, lateness, d)
+                .why_open(pipeline, &topic)
+        })
+        .collect();
+    if !open.is_empty() {
+        if !args.force {
+            for why in &open {
+                eprintln!("reconcile: {why}");
+            }
+            eprintln!(
+                "reconcile: refused: the stream's totals of an open day may still grow; \
+                 run it again once the day is closed, or with --force to compare anyway"
+            );
+            return Ok(ExitCode::from(EXIT_OPEN_DAY));
+        }
+        for why in &open {
+            eprintln!("reconcile: --force: {why}");
+        }
+    }
     let result = lakeshop_stream::reconcile::reconcile(&ch, from, to)
         .await
         .with_context(|| {
@@ -34,8 +81,17 @@ pub async fn run(config: &Config, args: ReconcileArgs) -> Result<ExitCode> {
     } else {
         out!("{}", text(&result));
     }
+    let empty = result.empty_days();
     Ok(if result.has_unexplained_difference() {
         ExitCode::FAILURE
+    } else if !empty.is_empty() {
+        let days: Vec<String> = empty.iter().map(|d| d.to_string()).collect();
+        eprintln!(
+            "reconcile: nothing to compare on {}: neither the stream nor the batch tables hold \
+             the day",
+            days.join(", ")
+        );
+        ExitCode::from(EXIT_NOTHING)
     } else {
         ExitCode::SUCCESS
     })
@@ -81,22 +137,25 @@ fn day_text(d: &DayReport) -> String {
         .collect();
     let rejects: Vec<String> = d.rejects.iter().map(|(r, n)| format!("{r}={n}")).collect();
     let mut out = format!(
-        "{}: equal/compared: {}; too_late {}{}\n",
+        "{}: equal/compared: {}; counted late {}, stamped ahead {}{}\n",
         d.date,
         checks.join(", "),
         d.too_late,
+        d.future,
         if rejects.is_empty() {
             String::new()
         } else {
             format!(" (stream rejects: {})", rejects.join(" "))
         }
     );
-    if !d.batch_loaded {
+    if d.is_empty() {
+        out.push_str("  nothing on either side: neither the stream nor the batch holds this day\n");
+    } else if !d.batch_loaded {
         out.push_str(
             "  the batch tables have no row for this day: has `lakeshop batch run` built it?\n",
         );
     }
-    if !d.stream_loaded {
+    if !d.stream_loaded && d.batch_loaded {
         out.push_str(
             "  the stream has no window of this day: has `lakeshop stream run` read it?\n",
         );
@@ -117,6 +176,31 @@ fn day_text(d: &DayReport) -> String {
             drift.product,
             side(&drift.stream),
             side(&drift.batch)
+        ));
+    }
+    /// Moved purchases listed one per line, up to this many.
+    const MOVES_SHOWN: usize = 20;
+    for m in d.moves.iter().take(MOVES_SHOWN) {
+        let keys = |k: &lakeshop_stream::reconcile::PurchaseKeys| {
+            format!(
+                "seller {}, category {:?}, product {}",
+                k.seller, k.category, k.product
+            )
+        };
+        out.push_str(&format!(
+            "  drift: purchase {} of product {} ({}, {} items) is {} in the stream, {} in batch\n",
+            m.purchase_id,
+            m.product_id,
+            m.amount,
+            m.items,
+            keys(&m.stream),
+            keys(&m.batch)
+        ));
+    }
+    if d.moves.len() > MOVES_SHOWN {
+        out.push_str(&format!(
+            "  drift: {} more purchases counted under other keys (--json lists them all)\n",
+            d.moves.len() - MOVES_SHOWN
         ));
     }
     out

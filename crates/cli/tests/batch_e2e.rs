@@ -5,11 +5,9 @@
 //! (duplicates counted once, unknowns in their bucket); a second `batch run` and a `replay`
 //! of the range leave every table identical (digests of the sorted rows).
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
-use batch_support::{buckets, ch_digest, stage_sales_digest, Setup, StageKind, World};
 use lakeshop_batch::CLICKHOUSE_TABLES;
+use lakeshop_testkit::world::{buckets, ch_digest, stage_sales_digest, Setup, StageKind, World};
 use rust_decimal::Decimal;
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -3,10 +3,8 @@
 //! day, in every table: never a partial total, never an empty day. Local folder and `s3://`
 //! stages.
 
-mod batch_support;
-
 use anyhow::Result;
-use batch_support::{
+use lakeshop_testkit::world::{
     append_clients, append_products, append_purchases, append_sellers, StageKind, World, P,
 };
 use std::collections::{BTreeMap, BTreeSet};

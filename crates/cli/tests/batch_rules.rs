@@ -5,14 +5,12 @@
 //! a late purchase is picked up by a re-run, an empty day loads empty, and bad input fails
 //! with a clear message and a non-zero exit.
 
-mod batch_support;
-
 use anyhow::Result;
-use batch_support::{
+use lakeshop_stage::Table;
+use lakeshop_testkit::world::{
     append_clients, append_products, append_purchases, append_sellers, buckets, ch_digest,
     last_json, stage_query, StageKind, World, P,
 };
-use lakeshop_stage::Table;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 

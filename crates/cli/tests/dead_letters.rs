@@ -4,17 +4,15 @@
 //! under their Kafka positions exactly once (a second replay, or one after a replay killed
 //! between its two writes, stages nothing more) and leaves the rest.
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
 use base64::Engine as _;
-use batch_support::{stage_query, Setup, StageKind, World};
 use deltalake::arrow::array::{
     ArrayRef, BinaryArray, Date32Array, Int32Array, Int64Array, StringArray,
     TimestampMicrosecondArray,
 };
 use deltalake::arrow::record_batch::RecordBatch;
 use lakeshop_stage::{Stage, Table};
+use lakeshop_testkit::world::{stage_query, Setup, StageKind, World};
 use serde_json::Value;
 use std::sync::Arc;
 

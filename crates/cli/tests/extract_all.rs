@@ -5,13 +5,11 @@
 //! progress on stderr, the batch path included; under a terminal (`script`) the bars show,
 //! and `--quiet` hides them there too.
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
-use batch_support::{stage_query, Setup, StageKind, World};
 use deltalake::arrow::array::AsArray as _;
 use deltalake::arrow::datatypes::Int64Type;
 use lakeshop_stage::Table;
+use lakeshop_testkit::world::{stage_query, Setup, StageKind, World};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::Command;

@@ -6,10 +6,8 @@
 //! and SIGTERM stops the server cleanly. Sellers, clients and products written through the
 //! API reach their sources and, through the extracts, the stage.
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
-use batch_support::{Setup, StageKind, World};
+use lakeshop_testkit::world::{Setup, StageKind, World};
 use serde_json::Value;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -197,8 +195,9 @@ async fn api_world() -> Result<World> {
     std::fs::write(&world.pipeline, text)?;
     world.run(&["migrate"])?;
     let stage = world.stage();
-    batch_support::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
-    batch_support::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)]).await?;
+    lakeshop_testkit::world::append_sellers(&stage, &[(SELLER, "Shop")]).await?;
+    lakeshop_testkit::world::append_products(&stage, &[(PRODUCT, "Lamp", "lighting", SELLER)])
+        .await?;
     Ok(world)
 }
 
@@ -325,7 +324,7 @@ async fn stage_texts(
 ) -> Result<Vec<String>> {
     use deltalake::arrow::array::{Array as _, AsArray as _};
     let mut out = Vec::new();
-    for b in batch_support::stage_query(&world.stage(), &[table], sql).await? {
+    for b in lakeshop_testkit::world::stage_query(&world.stage(), &[table], sql).await? {
         let c = deltalake::arrow::compute::cast(
             b.column(0),
             &deltalake::arrow::datatypes::DataType::Utf8,

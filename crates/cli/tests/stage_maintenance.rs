@@ -3,11 +3,9 @@
 //! nothing a retained version needs (the files compaction replaced are younger than 7 days),
 //! and with `--force` removes exactly those files while every row stays readable.
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
-use batch_support::{append_sellers, stage_query, Setup, StageKind, World};
 use lakeshop_stage::Table;
+use lakeshop_testkit::world::{append_sellers, stage_query, Setup, StageKind, World};
 
 async fn sellers(world: &World) -> Result<usize> {
     let b = stage_query(

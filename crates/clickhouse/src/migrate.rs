@@ -31,6 +31,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_stream_minutes.sql",
         include_str!("../../../schemas/clickhouse/0004_stream_minutes.sql"),
     ),
+    (
+        "0005_stream_windows_moved.sql",
+        include_str!("../../../schemas/clickhouse/0005_stream_windows_moved.sql"),
+    ),
+    (
+        "0006_stream_flagged.sql",
+        include_str!("../../../schemas/clickhouse/0006_stream_flagged.sql"),
+    ),
 ];
 
 /// The table recording applied migrations.

@@ -184,6 +184,9 @@ pub enum StreamTable {
     Rejects,
     /// The loader's checkpoint per partition.
     Checkpoints,
+    /// Records flagged on their way: late purchases (corrections the views add) and
+    /// future-stamped ones.
+    Flagged,
 }
 
 impl StreamTable {
@@ -194,6 +197,7 @@ impl StreamTable {
             StreamTable::Minutes => "stream_minutes",
             StreamTable::Rejects => "stream_rejects",
             StreamTable::Checkpoints => "stream_checkpoints",
+            StreamTable::Flagged => "stream_flagged",
         }
     }
 
@@ -214,6 +218,11 @@ impl StreamTable {
             }
             StreamTable::Checkpoints => {
                 "pipeline, source, part, next_offset, watermark, clock, written_at"
+            }
+            StreamTable::Flagged => {
+                "flag, purchase_id, source, part, offset, timestamp, kafka_time, event_date, \
+                 minute_start, hour_start, day_start, client_id, seller_key, category, \
+                 product_key, quantity, amount, content_hash"
             }
         }
     }
@@ -405,8 +414,11 @@ impl ClickHouse {
     }
 
     /// The counted purchases of one partition with a timestamp at or after `since`, or an
-    /// offset at or after `from_offset` (whatever their time), in offset order, one at a time
-    /// as ClickHouse answers.
+    /// offset at or after `from_offset`, in offset order, one at a time as ClickHouse
+    /// answers. `since` is the checkpoint's watermark less the lateness: a purchase counted
+    /// at or after the checkpoint was within the lateness of a watermark at least the
+    /// checkpoint's, so it is at or after `since` too, and the read is pruned to the
+    /// partitions (event days) from the day before `since` on, whatever the history.
     pub async fn stream_counted(
         &self,
         topic: &str,
@@ -425,6 +437,7 @@ impl ClickHouse {
                         category, product_key \
                  FROM stream_purchases \
                  WHERE source = '{topic}' AND part = {part} \
+                   AND event_date >= toDate(toDateTime({since})) - 1 \
                    AND (timestamp >= toDateTime({since}) OR offset >= {from_offset}) \
                  ORDER BY offset"
             ),
@@ -464,6 +477,7 @@ impl ClickHouse {
                     "SELECT toUInt32(minute_start), reason, argMax(records, version), max(version) \
                      FROM stream_rejects \
                      WHERE source = '{topic}' AND part = {part} \
+                       AND event_date >= toDate(toDateTime({since})) - 1 \
                        AND minute_start >= toDateTime({since}) \
                      GROUP BY minute_start, reason"
                 ),
@@ -492,6 +506,7 @@ impl ClickHouse {
             StreamTable::Minutes,
             StreamTable::Rejects,
             StreamTable::Checkpoints,
+            StreamTable::Flagged,
         ]
         .iter()
         .map(|t| t.name())

@@ -21,6 +21,8 @@ fn opts(n: u64) -> GenOptions {
         duplicate_fraction: 0.01,
         unknown_fraction: 0.005,
         bad_fraction: 0.0,
+        late_fraction: 0.0,
+        future_fraction: 0.0,
         product_skew: 1.1,
         seed: 42,
         timezone: chrono_tz::UTC,

@@ -1,7 +1,9 @@
 //! Purchases and interactions into Kafka, in event-time order, keyed by purchase id (so a
-//! re-send or a conflicting copy lands on the same partition after its original).
+//! re-send or a conflicting copy lands on the same partition after its original). Purchases
+//! stamped late or ahead (`--late-fraction`, `--future-fraction`) keep the place of the time
+//! they would otherwise have had; every record's Kafka timestamp is its produce time.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use lakeshop_model::Reason;
 use rand::distr::weighted::WeightedIndex;
@@ -14,6 +16,7 @@ use rdkafka::producer::{
     BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
 };
 use rdkafka::ClientContext;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,9 +30,35 @@ use crate::{Error, GenOptions, Part, Result, Targets};
 /// The header that carries the run id on every message.
 pub const RUN_HEADER: &str = "lakeshop-run";
 
+/// How much earlier than its time a purchase stamped late is stamped, in ms: 6 to 30
+/// minutes, beyond a streaming loader's default 5-minute lateness.
+const LATE_MS: RangeInclusive<i64> = 360_000..=1_800_000;
+/// How much later than its time a purchase stamped ahead is stamped, in ms: 2 to 60 minutes,
+/// beyond the loader's default 1-minute clock skew and within the validator's day ahead.
+const AHEAD_MS: RangeInclusive<i64> = 120_000..=3_600_000;
+
+/// How far a valid purchase's stamp moves from the time it would otherwise get: with
+/// probability `late_fraction` back by [`LATE_MS`], with probability `future_fraction` ahead
+/// by [`AHEAD_MS`], else not at all. Draws nothing when both fractions are 0, so runs
+/// without them produce the records they always did.
+pub(crate) fn stamp_shift(opts: &GenOptions, rng: &mut impl Rng) -> TimeDelta {
+    if opts.late_fraction <= 0.0 && opts.future_fraction <= 0.0 {
+        return TimeDelta::zero();
+    }
+    let u: f64 = rng.random();
+    if u < opts.late_fraction {
+        -TimeDelta::milliseconds(rng.random_range(LATE_MS))
+    } else if u < opts.late_fraction + opts.future_fraction {
+        TimeDelta::milliseconds(rng.random_range(AHEAD_MS))
+    } else {
+        TimeDelta::zero()
+    }
+}
+
 /// One message to produce.
 struct Msg {
-    /// Event time in ms, the produce order.
+    /// Event time in ms (before any late or ahead shift of a purchase's stamp): the produce
+    /// order.
     at: i64,
     key: String,
     payload: Vec<u8>,
@@ -193,18 +222,28 @@ fn history_purchases(
         .collect();
     flags.shuffle(rng);
     let mut purchases = Vec::with_capacity(n);
+    // Each purchase's place in the produce order: its drawn time, before any shift of its
+    // stamp (so copies of it still follow it).
+    let mut places: Vec<i64> = Vec::with_capacity(n);
     let mut msgs =
         Vec::with_capacity(n + count(opts.duplicate_fraction) + count(opts.bad_fraction));
     for flag in flags {
         let day = days[rng.random_range(0..days.len())];
-        let ts = draw.time_on(rng, day, opts.timezone);
+        let at = draw.time_on(rng, day, opts.timezone);
+        let shift = stamp_shift(opts, rng);
+        let ts = at + shift;
         let p = draw.purchase(rng, ts, flag);
+        let payload = p.to_json().into_bytes();
+        if shift != TimeDelta::zero() {
+            check_verdict(&payload, None, now).map_err(Error::Internal)?;
+        }
         truth.purchase(&p, business_day(ts, opts.timezone));
         msgs.push(Msg {
-            at: ts.timestamp_millis(),
+            at: at.timestamp_millis(),
             key: p.purchase_id.to_string(),
-            payload: p.to_json().into_bytes(),
+            payload,
         });
+        places.push(at.timestamp_millis());
         purchases.push(p);
     }
     // Re-sends: the same bytes again, up to two minutes later.
@@ -213,7 +252,7 @@ fn history_purchases(
         let p = &purchases[i];
         truth.duplicate();
         msgs.push(Msg {
-            at: p.timestamp.timestamp_millis() + rng.random_range(1..120_000),
+            at: places[i] + rng.random_range(1..120_000),
             key: p.purchase_id.to_string(),
             payload: p.to_json().into_bytes(),
         });
@@ -245,12 +284,13 @@ fn history_purchases(
                 });
             }
             None => {
-                let original = &purchases[rng.random_range(0..n)];
+                let i = rng.random_range(0..n);
+                let original = &purchases[i];
                 let mut changed = original.clone();
                 changed.quantity = original.quantity % 12 + 1;
                 truth.bad(Reason::ConflictingDuplicate);
                 msgs.push(Msg {
-                    at: original.timestamp.timestamp_millis() + rng.random_range(1..120_000),
+                    at: places[i] + rng.random_range(1..120_000),
                     key: changed.purchase_id.to_string(),
                     payload: changed.to_json().into_bytes(),
                 });
@@ -389,7 +429,55 @@ fn send_all(
     Ok(())
 }
 
-/// Live mode: purchases stamped now, `rate` per second for `duration`.
+/// One live purchase, stamped from `now` (its produce time; moved by [`stamp_shift`]),
+/// then the re-send and the invalid record that may follow it, each handed to `send` as
+/// (key, payload) in produce order and counted in the truth (a purchase under its own
+/// stamp). `recent` holds purchases a re-send may copy.
+pub(crate) fn live_step(
+    opts: &GenOptions,
+    draw: &PurchaseDraw<'_>,
+    rng: &mut impl Rng,
+    now: DateTime<Utc>,
+    recent: &mut Vec<lakeshop_model::Purchase>,
+    truth: &mut Truth,
+    send: &mut impl FnMut(&str, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let unknown = rng
+        .random_bool(opts.unknown_fraction)
+        .then_some(Unknown::Product);
+    let shift = stamp_shift(opts, rng);
+    let p = draw.purchase(rng, now + shift, unknown);
+    let payload = p.to_json();
+    if shift != TimeDelta::zero() {
+        check_verdict(payload.as_bytes(), None, now).map_err(Error::Internal)?;
+    }
+    truth.purchase(&p, business_day(p.timestamp, opts.timezone));
+    send(p.purchase_id.to_string().as_str(), payload.as_bytes())?;
+    if recent.len() < 1024 {
+        recent.push(p);
+    } else {
+        let slot = rng.random_range(0..recent.len());
+        recent[slot] = p;
+    }
+    if rng.random_bool(opts.duplicate_fraction) {
+        let p = &recent[rng.random_range(0..recent.len())];
+        truth.duplicate();
+        send(p.purchase_id.to_string().as_str(), p.to_json().as_bytes())?;
+    }
+    if rng.random_bool(opts.bad_fraction) {
+        let (kind, _) = BadKind::WEIGHTED[rng.random_range(0..BadKind::WEIGHTED.len() - 1)];
+        let base = draw.purchase(rng, now, None);
+        let payload = kind.corrupt(rng, &base, now);
+        check_verdict(&payload, Some(kind.reason()), now).map_err(Error::Internal)?;
+        truth.bad(kind.reason());
+        send(base.purchase_id.to_string().as_str(), payload.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Live mode: purchases stamped now (some late or ahead, see [`live_step`]), `rate` per
+/// second for `duration`. The producer leaves each record's timestamp to librdkafka, which
+/// stamps the produce time: a purchase stamped late or ahead differs from it by its shift.
 fn live_loop(
     opts: &GenOptions,
     targets: &Targets,
@@ -407,53 +495,11 @@ fn live_loop(
     let started = Instant::now();
     let mut sent: u64 = 0;
     let mut recent: Vec<lakeshop_model::Purchase> = Vec::with_capacity(1024);
+    let mut send = |key: &str, payload: &[u8]| send_one(&producer, topic, key, payload, &headers);
     while started.elapsed() < duration {
         let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
         while sent < due {
-            let now = Utc::now();
-            let unknown = rng
-                .random_bool(opts.unknown_fraction)
-                .then_some(Unknown::Product);
-            let p = draw.purchase(rng, now, unknown);
-            truth.purchase(&p, business_day(now, opts.timezone));
-            send_one(
-                &producer,
-                topic,
-                &p.purchase_id.to_string(),
-                p.to_json().as_bytes(),
-                &headers,
-            )?;
-            if recent.len() < 1024 {
-                recent.push(p);
-            } else {
-                let slot = rng.random_range(0..recent.len());
-                recent[slot] = p;
-            }
-            if rng.random_bool(opts.duplicate_fraction) {
-                let p = &recent[rng.random_range(0..recent.len())];
-                truth.duplicate();
-                send_one(
-                    &producer,
-                    topic,
-                    &p.purchase_id.to_string(),
-                    p.to_json().as_bytes(),
-                    &headers,
-                )?;
-            }
-            if rng.random_bool(opts.bad_fraction) {
-                let (kind, _) = BadKind::WEIGHTED[rng.random_range(0..BadKind::WEIGHTED.len() - 1)];
-                let base = draw.purchase(rng, now, None);
-                let payload = kind.corrupt(rng, &base, now);
-                check_verdict(&payload, Some(kind.reason()), now).map_err(Error::Internal)?;
-                truth.bad(kind.reason());
-                send_one(
-                    &producer,
-                    topic,
-                    &base.purchase_id.to_string(),
-                    &payload,
-                    &headers,
-                )?;
-            }
+            live_step(opts, &draw, rng, Utc::now(), &mut recent, truth, &mut send)?;
             sent += 1;
         }
         pb.set_position(sent);

@@ -4,8 +4,9 @@
 //! the source Delta table, purchases and interactions into Kafka, and a ground-truth file
 //! (per day × seller, × category, × product, and per minute and hour of the business time
 //! zone: purchases, items, exact revenue; exact distinct clients per day, hour and minute) that every later stage is checked against. Knobs add what real feeds
-//! carry: re-sent duplicates, purchases of products or sellers not in the catalogue, and
-//! invalid records of many kinds, each counted in the truth.
+//! carry: re-sent duplicates, purchases of products or sellers not in the catalogue,
+//! purchases stamped well before or ahead of the time they are produced (late arrivals and
+//! fast clocks), and invalid records of many kinds, each counted in the truth.
 
 mod data;
 mod error;
@@ -61,6 +62,21 @@ pub struct GenOptions {
     pub duplicate_fraction: f64,
     pub unknown_fraction: f64,
     pub bad_fraction: f64,
+    /// Fraction of valid purchases stamped 6 to 30 minutes (uniform, in ms) before the time
+    /// they would otherwise get: later than a streaming loader's 5-minute lateness. In live
+    /// mode that time is the produce time, which the Kafka record keeps as its timestamp; in
+    /// history mode it is the drawn time, and the message keeps that time's place in the
+    /// produce order (so it arrives after purchases stamped later). The truth counts each
+    /// under its own stamp, like any purchase (its day may then be another, even one outside
+    /// `days`).
+    pub late_fraction: f64,
+    /// Fraction of valid purchases stamped 2 to 60 minutes (uniform, in ms) after the time
+    /// they would otherwise get: further ahead of the Kafka record's timestamp (the produce
+    /// time) than a streaming loader's 1-minute clock skew, still well within the validator's
+    /// day ahead. History mode shifts them the same way, keeping the produce order of the
+    /// unshifted time, as for [`GenOptions::late_fraction`]; the truth counts each under its
+    /// own stamp.
+    pub future_fraction: f64,
     /// Zipf exponent of product popularity (0: every product equally likely).
     pub product_skew: f64,
     pub seed: u64,
@@ -87,10 +103,19 @@ impl GenOptions {
             ("duplicate-fraction", self.duplicate_fraction),
             ("unknown-fraction", self.unknown_fraction),
             ("bad-fraction", self.bad_fraction),
+            ("late-fraction", self.late_fraction),
+            ("future-fraction", self.future_fraction),
         ] {
             if !(0.0..=1.0).contains(&f) {
                 return Err(Error::Options(format!("--{name} {f} is outside 0..=1")));
             }
+        }
+        // One draw decides whether a purchase is stamped late, ahead, or neither.
+        if self.late_fraction + self.future_fraction > 1.0 {
+            return Err(Error::Options(format!(
+                "--late-fraction {} and --future-fraction {} add up to more than 1",
+                self.late_fraction, self.future_fraction
+            )));
         }
         if !(0.0..=10.0).contains(&self.product_skew) {
             return Err(Error::Options(format!(
@@ -204,6 +229,8 @@ mod tests {
             duplicate_fraction: 0.05,
             unknown_fraction: 0.02,
             bad_fraction: 0.05,
+            late_fraction: 0.0,
+            future_fraction: 0.0,
             product_skew: 1.1,
             seed,
             timezone: chrono_tz::Europe::Moscow,
@@ -252,6 +279,146 @@ mod tests {
             assert_eq!(revenue, d.total.revenue);
             assert!(d.distinct_clients <= d.total.purchases);
         }
+    }
+
+    #[test]
+    fn live_purchases_stamped_late_or_ahead_are_counted_under_their_stamps() {
+        use chrono::TimeDelta;
+        use std::collections::{BTreeMap, HashSet};
+        let mut o = opts(9);
+        o.live = Some(Live {
+            rate: 10,
+            duration: Duration::from_secs(200),
+        });
+        o.late_fraction = 0.1;
+        o.future_fraction = 0.05;
+        o.check().expect("valid options");
+        let mut too_many = o.clone();
+        too_many.future_fraction = 0.95;
+        assert!(too_many.check().is_err(), "late + future above 1");
+        let mut out_of_range = o.clone();
+        out_of_range.late_fraction = 1.5;
+        assert!(out_of_range.check().is_err(), "late above 1");
+
+        let now = Utc::now();
+        let world = World::generate(&o, now);
+        let mut truth = Truth::new(&o, now);
+        truth.index(&world);
+        let draw = data::PurchaseDraw::new(&world, o.product_skew);
+        let mut rng = world.event_rng();
+        let mut recent = Vec::new();
+        // Every message as the live loop sends it, with its produce time: 2000 purchases,
+        // 100 ms apart.
+        let mut sent: Vec<(DateTime<Utc>, Vec<u8>)> = Vec::new();
+        for i in 0..2_000_i64 {
+            let at = now + TimeDelta::milliseconds(100 * i);
+            kafka::live_step(
+                &o,
+                &draw,
+                &mut rng,
+                at,
+                &mut recent,
+                &mut truth,
+                &mut |_key: &str, payload: &[u8]| -> Result<()> {
+                    sent.push((at, payload.to_vec()));
+                    Ok(())
+                },
+            )
+            .expect("live step");
+        }
+        assert_eq!(truth.counts.purchase_messages, sent.len() as u64);
+
+        // The distinct valid purchases, read back as a consumer reads them (validated at
+        // their produce time), each stamped as its kind says.
+        let late_by = TimeDelta::minutes(6)..=TimeDelta::minutes(30);
+        let ahead_by = TimeDelta::minutes(2)..=TimeDelta::minutes(60);
+        let (mut late, mut ahead) = (0_u64, 0_u64);
+        let mut purchases: HashMap<uuid::Uuid, lakeshop_model::Purchase> = HashMap::new();
+        for (at, payload) in &sent {
+            let Ok(p) = lakeshop_model::parse_purchase(payload, *at) else {
+                continue;
+            };
+            // A re-send copies an earlier purchase (live mode makes no conflicting copies).
+            if let Some(first) = purchases.get(&p.purchase_id) {
+                assert_eq!(*first, p, "a re-send differs from its original");
+                continue;
+            }
+            let shift = p.timestamp - *at;
+            if shift < TimeDelta::zero() {
+                assert!(
+                    late_by.contains(&-shift),
+                    "stamped {shift} from its produce time"
+                );
+                late += 1;
+            } else if shift > TimeDelta::zero() {
+                assert!(
+                    ahead_by.contains(&shift),
+                    "stamped {shift} from its produce time"
+                );
+                ahead += 1;
+            }
+            purchases.insert(p.purchase_id, p);
+        }
+        assert_eq!(purchases.len(), 2_000);
+        assert_eq!(truth.counts.purchases, 2_000);
+        // About 10% and 5% (fixed by the seed; the bounds are over 5 standard deviations).
+        assert!((120..=280).contains(&late), "{late} of 2000 stamped late");
+        assert!((50..=150).contains(&ahead), "{ahead} of 2000 stamped ahead");
+
+        // The truth is exactly a recount of those purchases under their own stamps.
+        type Day = (u64, u64, rust_decimal::Decimal, HashSet<uuid::Uuid>);
+        let mut days: BTreeMap<chrono::NaiveDate, Day> = BTreeMap::new();
+        let mut minutes: BTreeMap<String, u64> = BTreeMap::new();
+        let mut hours: BTreeMap<String, u64> = BTreeMap::new();
+        for p in purchases.values() {
+            let d = days
+                .entry(data::business_day(p.timestamp, o.timezone))
+                .or_default();
+            d.0 += 1;
+            d.1 += u64::from(p.quantity);
+            d.2 += p.amount();
+            d.3.insert(p.client_id);
+            *minutes
+                .entry(window_key(minute_start(p.timestamp)))
+                .or_default() += 1;
+            *hours
+                .entry(window_key(hour_start(p.timestamp, o.timezone)))
+                .or_default() += 1;
+        }
+        let want: BTreeMap<chrono::NaiveDate, (u64, u64, rust_decimal::Decimal, u64)> = days
+            .into_iter()
+            .map(|(day, (n, items, revenue, clients))| {
+                (day, (n, items, revenue, clients.len() as u64))
+            })
+            .collect();
+        let got: BTreeMap<chrono::NaiveDate, (u64, u64, rust_decimal::Decimal, u64)> = truth
+            .days
+            .iter()
+            .map(|(day, d)| {
+                (
+                    *day,
+                    (
+                        d.total.purchases,
+                        d.total.items,
+                        d.total.revenue,
+                        d.distinct_clients,
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "the truth's days against a recount");
+        let truth_minutes: BTreeMap<String, u64> = truth
+            .days
+            .values()
+            .flat_map(|d| d.by_minute.iter().map(|(k, b)| (k.clone(), b.purchases)))
+            .collect();
+        let truth_hours: BTreeMap<String, u64> = truth
+            .days
+            .values()
+            .flat_map(|d| d.by_hour.iter().map(|(k, b)| (k.clone(), b.purchases)))
+            .collect();
+        assert_eq!(truth_minutes, minutes, "minutes");
+        assert_eq!(truth_hours, hours, "hours");
     }
 
     #[test]

@@ -1041,16 +1041,19 @@ fn every_schema_file_parses() {
                     );
                     // The runner sends statements one at a time, split at a `;` that ends a
                     // line: every piece holds a statement, not only comments. Statements create
-                    // (if not there), or drop a view to create it anew (18.16 drops views with
-                    // DROP TABLE); a table that holds data is never dropped.
+                    // (if not there), drop a view to create it anew (18.16 drops views with
+                    // DROP TABLE), or copy rows into a new layout (INSERT ... SELECT); a table
+                    // that holds data is never dropped, altered or emptied.
                     for piece in text.split(";\n").filter(|p| !p.trim().is_empty()) {
                         let statement = sql_code(piece);
                         let statement = statement.trim();
                         let drops_view = statement
                             .strip_prefix("DROP TABLE IF EXISTS ")
                             .is_some_and(|name| name.trim_end_matches(';').ends_with("_v"));
+                        let copies_rows = statement.starts_with("INSERT INTO ")
+                            && statement.contains("\nSELECT ");
                         assert!(
-                            statement.starts_with("CREATE ") || drops_view,
+                            statement.starts_with("CREATE ") || drops_view || copies_rows,
                             "{rel}: a piece without a create statement or a view drop: {piece}"
                         );
                     }

@@ -2,9 +2,10 @@
 //! partition's state, and flushes the changed rows and then the checkpoint to ClickHouse.
 //!
 //! What is durable when:
-//! 1. A flush inserts the counted purchases, the changed windows (full state and version) and
-//!    the changed reject counters (the three at once), and only after all three are
-//!    acknowledged the checkpoint (next offset, watermark, clock) of each partition. One flush
+//! 1. A flush inserts the counted purchases, the changed windows (full state and version),
+//!    the changed reject counters and the flagged records (late purchases, counted as
+//!    correction rows of their closed windows, and future-stamped ones; the four at once), and
+//!    only after all four are acknowledged the checkpoint (next offset, watermark, clock) of each partition. One flush
 //!    is in flight at a time, on the runtime, while the loop goes on reading: records read
 //!    meanwhile change windows that the next flush writes.
 //! 2. On assignment a partition's state is restored from ClickHouse: its checkpoint, the latest
@@ -40,7 +41,7 @@ use rdkafka::ClientConfig;
 use crate::dead_letters::DeadLetters;
 use crate::dims::{Dims, DimsCache};
 use crate::metrics::StreamMetrics;
-use crate::state::{Outcome, PartitionState, Settings, TOO_LATE};
+use crate::state::{Outcome, PartitionState, Settings};
 use crate::{Error, Result};
 
 /// Records taken from the consumer in one run before the loop looks at its flush, clocks
@@ -71,8 +72,12 @@ pub struct StreamOptions {
     pub group: bool,
     /// Business time zone of hour and day windows.
     pub timezone: chrono_tz::Tz,
-    /// How long past its end a window still takes records (measured on the watermark).
+    /// How long past its end a window still takes records (measured on the watermark);
+    /// later purchases are counted as corrections of their closed windows.
     pub allowed_lateness: Duration,
+    /// How far ahead of its Kafka timestamp an event may be stamped and still move the
+    /// watermark to its own time.
+    pub max_clock_skew: Duration,
     /// Flush changed rows at least this often while records flow.
     pub flush_interval: Duration,
     /// Records read but not yet acknowledged by ClickHouse before reading pauses.
@@ -95,9 +100,15 @@ pub struct StreamOptions {
 pub struct StreamStats {
     /// Records read (each offset once).
     pub read: u64,
-    /// Purchases counted in windows.
+    /// Purchases counted in windows (late and future-stamped ones included).
     pub counted: u64,
-    /// Records not counted (any reason, too-late included).
+    /// Of the counted: purchases later than the lateness, counted as corrections of their
+    /// closed windows.
+    pub late: u64,
+    /// Of the counted: purchases stamped further ahead of their Kafka time than the allowed
+    /// clock skew.
+    pub future: u64,
+    /// Records not counted (any reason).
     pub rejected: u64,
     /// Rejected records by reason.
     pub rejected_by_reason: BTreeMap<String, u64>,
@@ -108,6 +119,17 @@ pub struct StreamStats {
     pub peak_unacked: u64,
     /// Per partition: (read, counted, rejected).
     pub partitions: BTreeMap<i32, (u64, u64, u64)>,
+    /// CPU milliseconds (user + system) of the process when the first record was read:
+    /// start-up (dimension cache, ClickHouse checks, restoring partitions); `None` when no
+    /// record was read or the platform has no `/proc`.
+    pub cpu_ms_before_first_record: Option<u64>,
+    /// CPU milliseconds of the process when the run ended.
+    pub cpu_ms: Option<u64>,
+}
+
+/// CPU milliseconds this process has used so far.
+fn cpu_ms() -> Option<u64> {
+    lakeshop_service::process::usage().map(|u| (u.cpu_seconds * 1000.0).round() as u64)
 }
 
 impl std::fmt::Debug for StreamOptions {
@@ -120,6 +142,7 @@ impl std::fmt::Debug for StreamOptions {
             .field("group", &self.group)
             .field("timezone", &self.timezone)
             .field("allowed_lateness", &self.allowed_lateness)
+            .field("max_clock_skew", &self.max_clock_skew)
             .field("flush_interval", &self.flush_interval)
             .field("max_unacked_records", &self.max_unacked_records)
             .field("until_idle", &self.until_idle)
@@ -234,6 +257,7 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
             topic: Arc::from(opts.topic.as_str()),
             timezone: opts.timezone,
             lateness: opts.allowed_lateness.as_secs() as i64,
+            max_clock_skew: opts.max_clock_skew.as_secs() as i64,
         },
         pipeline: opts.pipeline.clone(),
         ch: ch.clone(),
@@ -284,6 +308,8 @@ struct Loop {
     checkpointed: BTreeMap<i32, i64>,
     /// Counted-purchase rows of a failed flush, sent again with the next one.
     purchases: RowBinary,
+    /// Flagged-record rows of a failed flush, sent again with the next one.
+    flagged: RowBinary,
     /// Event times (ms) of the purchases of a failed flush (latency metric).
     counted_times: Vec<i64>,
     /// Records processed since the last acknowledged flush.
@@ -307,6 +333,8 @@ struct Flight {
     records: usize,
     /// The counted-purchase rows it sends (shared with the task; sent again if it fails).
     purchases: Arc<RowBinary>,
+    /// The flagged-record rows it sends (sent again if it fails).
+    flagged: Arc<RowBinary>,
     counted_times: Vec<i64>,
     windows: usize,
     rejects: usize,
@@ -331,6 +359,7 @@ impl Loop {
             next_epoch: 0,
             checkpointed: BTreeMap::new(),
             purchases: RowBinary::new(),
+            flagged: RowBinary::new(),
             counted_times: Vec::new(),
             unacked: 0,
             flight: None,
@@ -450,6 +479,7 @@ impl Loop {
                 break;
             }
         }
+        self.stats.cpu_ms = cpu_ms();
         Ok(self.stats)
     }
 
@@ -485,6 +515,9 @@ impl Loop {
                 self.states.insert(r.partition, r.state);
             }
             let Some(m) = record else { break };
+            if self.stats.read == 0 && self.stats.cpu_ms_before_first_record.is_none() {
+                self.stats.cpu_ms_before_first_record = cpu_ms();
+            }
             self.process(&m, dims)?;
             taken += 1;
             if taken >= BATCH || self.unacked >= self.opts.max_unacked_records {
@@ -514,7 +547,18 @@ impl Loop {
         let entry = self.stats.partitions.entry(p).or_default();
         match outcome {
             Outcome::Skipped => {}
-            Outcome::Counted => {
+            Outcome::Counted | Outcome::Future | Outcome::Late => {
+                match outcome {
+                    Outcome::Future => {
+                        self.stats.future += 1;
+                        self.opts.metrics.future_events.inc();
+                    }
+                    Outcome::Late => {
+                        self.stats.late += 1;
+                        self.opts.metrics.too_late.inc();
+                    }
+                    _ => {}
+                }
                 entry.0 += 1;
                 entry.1 += 1;
                 self.stats.read += 1;
@@ -535,9 +579,6 @@ impl Loop {
                     .or_default() += 1;
                 self.unpublished.0 += 1;
                 self.opts.metrics.rejected(reason);
-                if reason == TOO_LATE {
-                    self.opts.metrics.too_late.inc();
-                }
                 if let Some(dl) = &mut self.dead_letters {
                     dl.forward(&self.opts.topic, p, m.offset(), m.payload(), reason)?;
                 }
@@ -549,6 +590,7 @@ impl Loop {
 
     fn needs_flush(&self) -> bool {
         !self.purchases.is_empty()
+            || !self.flagged.is_empty()
             || self
                 .states
                 .values()
@@ -577,6 +619,7 @@ impl Loop {
             dl.acknowledge()?;
         }
         let mut purchases = std::mem::take(&mut self.purchases);
+        let mut flagged = std::mem::take(&mut self.flagged);
         let mut counted_times = std::mem::take(&mut self.counted_times);
         let mut windows = RowBinary::new();
         let mut rejects = RowBinary::new();
@@ -585,6 +628,7 @@ impl Loop {
         purchases.reserve(self.states.values().map(|s| s.purchases_len()).sum());
         for (p, st) in self.states.iter_mut() {
             st.take_purchases(&mut purchases);
+            st.take_flagged(&mut flagged);
             st.window_rows(&mut windows);
             st.reject_rows(&mut rejects);
             st.checkpoint_row(&self.opts.pipeline, &mut checkpoints);
@@ -595,14 +639,17 @@ impl Loop {
         let ch = self.ch.clone();
         let purchases = Arc::new(purchases);
         let body = purchases.clone();
+        let flagged = Arc::new(flagged);
+        let flagged_body = flagged.clone();
         let (window_rows, reject_rows) = (windows.rows(), rejects.rows());
         let task = self.runtime.spawn(async move {
-            let (a, b, c) = tokio::join!(
+            let (a, b, c, d) = tokio::join!(
                 insert(&ch, StreamTable::Purchases, body),
                 insert(&ch, StreamTable::Minutes, Arc::new(windows)),
                 insert(&ch, StreamTable::Rejects, Arc::new(rejects)),
+                insert(&ch, StreamTable::Flagged, flagged_body),
             );
-            a.and(b).and(c)?;
+            a.and(b).and(c).and(d)?;
             insert(&ch, StreamTable::Checkpoints, Arc::new(checkpoints)).await
         });
         self.flight = Some(Flight {
@@ -611,6 +658,7 @@ impl Loop {
             covers,
             records: self.unacked,
             purchases,
+            flagged,
             counted_times,
             windows: window_rows,
             rejects: reject_rows,
@@ -639,16 +687,16 @@ impl Loop {
             }
             // The task has ended: the rows are this loop's alone again (no copy).
             self.purchases = Arc::try_unwrap(flight.purchases).unwrap_or_else(|a| (*a).clone());
+            self.flagged = Arc::try_unwrap(flight.flagged).unwrap_or_else(|a| (*a).clone());
             self.counted_times = flight.counted_times;
             return Err(e);
         }
         let acked_ms = chrono::Utc::now().timestamp_millis();
+        let mut latencies = self.opts.metrics.latency_seconds.batch();
         for t in &flight.counted_times {
-            self.opts
-                .metrics
-                .latency_seconds
-                .observe((acked_ms - t).max(0) as f64 / 1000.0);
+            latencies.observe((acked_ms - t).max(0) as f64 / 1000.0);
         }
+        self.opts.metrics.latency_seconds.add(latencies);
         for (p, epoch, next) in &flight.covers {
             if self.epochs.get(p) == Some(epoch) {
                 if let Some(st) = self.states.get_mut(p) {

@@ -62,14 +62,22 @@ impl Dim {
 pub const DUPLICATE: &str = "duplicate";
 /// A re-sent purchase id with other content.
 pub const CONFLICTING_DUPLICATE: &str = "conflicting_duplicate";
-/// Older than the watermark by more than the allowed lateness.
+/// Older than the watermark by more than the allowed lateness: counted all the same, as a
+/// correction row the views add to its windows (the loader no longer holds them).
 pub const TOO_LATE: &str = "too_late";
+/// Stamped more than the allowed clock skew ahead of its Kafka timestamp: counted in its own
+/// windows, but the watermark moves no further than the Kafka timestamp plus the skew.
+pub const FUTURE: &str = "future";
 
 /// What became of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Counted in its windows.
     Counted,
+    /// Counted in its windows, stamped ahead of its Kafka time by more than the clock skew.
+    Future,
+    /// Counted as a correction of windows already closed (later than the lateness).
+    Late,
     /// Not counted, for this reason.
     Rejected(&'static str),
     /// Before the partition's next offset: read again after a seek, already processed.
@@ -132,6 +140,31 @@ pub struct Settings {
     pub timezone: chrono_tz::Tz,
     /// Seconds a window stays open past its end, measured on the watermark.
     pub lateness: i64,
+    /// Seconds an event may be stamped ahead of its Kafka timestamp and still move the
+    /// watermark (and the clock) to its own time; beyond, they move to the Kafka timestamp
+    /// plus this.
+    pub max_clock_skew: i64,
+}
+
+/// A record flagged on its way, one row each in `stream_flagged`: a purchase counted late (a
+/// correction the views add to its windows, unless its id was counted already) or one
+/// stamped ahead of its Kafka time (counted in its windows as usual; the row says so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flagged {
+    /// [`TOO_LATE`] or [`FUTURE`].
+    pub flag: &'static str,
+    pub offset: i64,
+    pub purchase_id: u128,
+    /// Event time (UTC seconds).
+    pub ts: i64,
+    /// Kafka timestamp (UTC seconds), the event time when the record has none.
+    pub kafka_ts: i64,
+    pub client_id: u128,
+    pub keys: Keys,
+    pub quantity: u32,
+    /// Quantity × price in cents.
+    pub amount: i128,
+    pub content_hash: u64,
 }
 
 /// A partition's restored checkpoint and rows.
@@ -175,6 +208,8 @@ pub struct PartitionState {
     replay_keys: HashMap<i64, Keys>,
     /// Rows of counted purchases not yet acknowledged.
     purchases: RowBinary,
+    /// Records flagged since the last flush began (late and future-stamped).
+    flagged: Vec<Flagged>,
     /// Event times (ms) of the purchases counted since the last flush (latency metric).
     counted_times: Vec<i64>,
 }
@@ -248,6 +283,7 @@ impl PartitionState {
             seen: SeenIds::default(),
             replay_keys: HashMap::new(),
             purchases: RowBinary::new(),
+            flagged: Vec::new(),
             counted_times: Vec::new(),
         }
     }
@@ -373,6 +409,10 @@ impl PartitionState {
         let id = p.purchase_id.as_u128();
         let hash = content_hash(&p);
         let ts = p.timestamp.timestamp();
+        // How far this event may move the watermark and the clock: to its own time, unless
+        // it is stamped further ahead of its Kafka time than the allowed skew (a till with a
+        // fast clock must not close every window of the partition).
+        let reach = kafka_s.map_or(ts, |k| ts.min(k + self.settings.max_clock_skew));
         // An id counted longer ago than the lateness is forgotten, whether or not it is still
         // in memory: what a record decides never depends on when memory was last swept.
         let horizon = self.watermark - self.settings.lateness;
@@ -388,22 +428,45 @@ impl PartitionState {
                 } else {
                     CONFLICTING_DUPLICATE
                 };
-                self.clock = self.clock.max(ts);
+                self.clock = self.clock.max(reach);
                 return self.reject(offset, reason);
             }
             Some(_) => true,
             None => false,
         };
+        let amount = i128::from(p.quantity) * cents(p.price);
+        let flag = |flag, keys| Flagged {
+            flag,
+            offset,
+            purchase_id: id,
+            ts,
+            kafka_ts: kafka_s.unwrap_or(ts),
+            client_id: p.client_id.as_u128(),
+            keys,
+            quantity: p.quantity,
+            amount,
+            content_hash: hash,
+        };
         if ts < horizon {
-            return self.reject(offset, TOO_LATE);
+            // Its windows are closed (maybe evicted): it is counted as a correction row of its
+            // own, which the views add to its minute, hour and day. Nothing held changes, so a
+            // replay writes the same row.
+            let keys = dims.keys(&p);
+            self.flagged.push(flag(TOO_LATE, keys));
+            return Outcome::Late;
         }
-        self.watermark = self.watermark.max(ts);
-        self.clock = self.clock.max(ts);
+        self.watermark = self.watermark.max(reach);
+        self.clock = self.clock.max(reach);
         let keys = self
             .replay_keys
             .remove(&offset)
             .unwrap_or_else(|| dims.keys(&p));
-        let amount = i128::from(p.quantity) * cents(p.price);
+        let outcome = if reach < ts {
+            self.flagged.push(flag(FUTURE, keys.clone()));
+            Outcome::Future
+        } else {
+            Outcome::Counted
+        };
         let version = offset as u64 + 1;
         let calendar = &mut self.calendar;
         let spans = Granularity::ALL.map(|g| calendar.span(g, ts));
@@ -449,7 +512,7 @@ impl PartitionState {
             self.purchases.end_row();
         }
         self.counted_times.push(p.timestamp.timestamp_millis());
-        Outcome::Counted
+        outcome
     }
 
     /// Whether anything awaits a flush.
@@ -457,6 +520,7 @@ impl PartitionState {
         !self.dirty_windows.is_empty()
             || !self.dirty_rejects.is_empty()
             || !self.purchases.is_empty()
+            || !self.flagged.is_empty()
     }
 
     /// Bytes of counted-purchase rows waiting for a flush.
@@ -467,6 +531,31 @@ impl PartitionState {
     /// Moves this partition's counted-purchase rows to the end of `out`.
     pub fn take_purchases(&mut self, out: &mut RowBinary) {
         out.append(&mut self.purchases);
+    }
+
+    /// Moves this partition's flagged records to the end of `out`, encoded as
+    /// `stream_flagged` rows (the starts of their minute, hour and day from the calendar).
+    pub fn take_flagged(&mut self, out: &mut RowBinary) {
+        for f in std::mem::take(&mut self.flagged) {
+            let [minute, hour, day] = Granularity::ALL.map(|g| self.calendar.span(g, f.ts));
+            out.string(f.flag)
+                .uuid_text(f.purchase_id)
+                .string(&self.settings.topic)
+                .u16(self.part as u16)
+                .u64(f.offset as u64)
+                .datetime(f.ts)
+                .datetime(f.kafka_ts)
+                .date(day.date)
+                .datetime(minute.start)
+                .datetime(hour.start)
+                .datetime(day.start)
+                .uuid_text(f.client_id);
+            for k in [&f.keys.seller, &f.keys.category, &f.keys.product] {
+                k.write(out);
+            }
+            out.u32(f.quantity).decimal128(f.amount).u64(f.content_hash);
+            out.end_row();
+        }
     }
 
     /// Encodes every minute window changed since the last acknowledged flush (full state),
@@ -593,6 +682,11 @@ impl PartitionState {
 }
 
 impl PartitionState {
+    /// The records flagged since the last flush began, as they would be stored (taken).
+    pub fn take_flagged_records(&mut self) -> Vec<Flagged> {
+        std::mem::take(&mut self.flagged)
+    }
+
     /// The windows changed since the last acknowledged flush, as they would be stored.
     pub fn dirty_window_states(&self) -> Vec<WindowState> {
         self.dirty_windows

@@ -1,6 +1,7 @@
 //! Test kit: finds the local services from the environment (the names and defaults of the
 //! local stack), makes random topic, database and prefix names so tests run in parallel,
-//! and counts what landed in Kafka by reading it back.
+//! counts what landed in Kafka by reading it back, and sets up one test's world of the
+//! `lakeshop` binary ([`world`]).
 
 use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -10,6 +11,29 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 pub mod tls;
+pub mod world;
+
+/// The `lakeshop` binary the tests run: `LAKESHOP_BIN`, else the one beside the running test
+/// executable's directory (`target/<profile>/lakeshop`, built by `cargo test --workspace`).
+pub fn lakeshop_bin() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("LAKESHOP_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/lakeshop
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let bin = profile_dir.join(format!("lakeshop{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is not built: run the tests through `cargo test --workspace` (or set LAKESHOP_BIN)",
+        bin.display()
+    );
+    bin
+}
 
 /// Kafka bootstrap servers (`KAFKA_BROKERS`, default 127.0.0.1:9092).
 pub fn kafka_brokers() -> String {

@@ -1,7 +1,8 @@
 //! The purchase ids a partition counted within the lateness, in the order counted: a ring of
 //! fixed-size entries (40 bytes, in fixed chunks) with a hash index of their sequence numbers
-//! (4 bytes per bucket). The oldest entries leave from the front once their event time is
-//! past the horizon, so the ring is also the eviction order.
+//! and 32 bits of their hash (8 bytes per bucket: growing the index never reads an entry
+//! again). The oldest entries leave from the front once their event time is past the
+//! horizon, so the ring is also the eviction order.
 
 use std::hash::BuildHasher as _;
 
@@ -28,11 +29,22 @@ fn halves(id: u128) -> [u64; 2] {
     [(id >> 64) as u64, id as u64]
 }
 
-/// One lookup of an id: its hash and, when held, its entry's sequence number.
+/// The 32 bits of an id's hash that its index bucket keeps.
+fn fragment(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// The hash the index is built on, from the kept fragment alone: its top bits (the bucket's
+/// tag) and low bits (its position) are the fragment's.
+fn spread(fragment: u32) -> u64 {
+    (u64::from(fragment) << 32) | u64::from(fragment)
+}
+
+/// One lookup of an id: its hash fragment and, when held, its entry's sequence number.
 #[derive(Debug, Clone, Copy)]
 pub struct Probe {
     id: [u64; 2],
-    hash: u64,
+    fragment: u32,
     found: Option<u32>,
 }
 
@@ -40,9 +52,10 @@ pub struct Probe {
 #[derive(Debug, Default)]
 pub struct SeenIds {
     entries: ChunkedDeque<Entry>,
-    /// Sequence number of the front entry; the index holds sequence numbers modulo 2^32.
+    /// Sequence number of the front entry; the index holds sequence numbers modulo 2^32,
+    /// each with its id's hash fragment.
     base: u64,
-    index: HashTable<u32>,
+    index: HashTable<(u32, u32)>,
     hasher: foldhash::fast::RandomState,
 }
 
@@ -60,12 +73,18 @@ impl SeenIds {
     /// without hashing and probing again.
     pub fn probe(&self, id: u128) -> Probe {
         let id = halves(id);
-        let hash = self.hasher.hash_one(id);
+        let fragment = fragment(self.hasher.hash_one(id));
         let found = self
             .index
-            .find(hash, |&s| self.entries[self.position(s)].id == id)
-            .copied();
-        Probe { id, hash, found }
+            .find(spread(fragment), |&(s, f)| {
+                f == fragment && self.entries[self.position(s)].id == id
+            })
+            .map(|&(s, _)| s);
+        Probe {
+            id,
+            fragment,
+            found,
+        }
     }
 
     /// What was kept of the probed id.
@@ -89,20 +108,23 @@ impl SeenIds {
     /// Keeps `seen` for the probed id (nothing changed since the probe), replacing what was
     /// kept; it leaves with the ids counted now.
     pub fn insert_probed(&mut self, probe: Probe, seen: Seen) {
-        let Probe { id, hash, found } = probe;
+        let Probe {
+            id,
+            fragment,
+            found,
+        } = probe;
         let seq = (self.base + self.entries.len() as u64) as u32;
         self.entries.push_back(Entry { id, seen });
+        let hash = spread(fragment);
         if let Some(old) = found {
             // The bucket holding the old entry's number is found by the number alone.
-            if let Some(s) = self.index.find_mut(hash, |&s| s == old) {
-                *s = seq;
+            if let Some(s) = self.index.find_mut(hash, |&(s, _)| s == old) {
+                s.0 = seq;
                 return;
             }
         }
-        let (entries, base, hasher) = (&self.entries, self.base as u32, &self.hasher);
-        let at = |s: u32| s.wrapping_sub(base) as usize;
         self.index
-            .insert_unique(hash, seq, |&s| hasher.hash_one(entries[at(s)].id));
+            .insert_unique(hash, (seq, fragment), |&(_, f)| spread(f));
     }
 
     /// Forgets the oldest ids whose event time is before `horizon`, stopping at the first
@@ -114,9 +136,9 @@ impl SeenIds {
             }
             let id = front.id;
             let seq = self.base as u32;
-            let hash = self.hasher.hash_one(id);
+            let hash = spread(fragment(self.hasher.hash_one(id)));
             // Only when the index still points here: a later count of the same id replaced it.
-            if let Ok(e) = self.index.find_entry(hash, |&s| s == seq) {
+            if let Ok(e) = self.index.find_entry(hash, |&(s, _)| s == seq) {
                 e.remove();
             }
             self.entries.pop_front();

@@ -17,6 +17,7 @@ fn settings() -> Settings {
         topic: Arc::from("purchases"),
         timezone: chrono_tz::UTC,
         lateness: 300,
+        max_clock_skew: 60,
     }
 }
 
@@ -50,6 +51,8 @@ struct World {
     log: Vec<Rec>,
     /// What the model counts: (granularity, start, dim, key) → (cents, purchases, items).
     expected: Totals,
+    /// Purchases counted late, as corrections of closed windows.
+    expected_late: usize,
     expected_rejects: BTreeMap<String, u64>,
 }
 
@@ -67,6 +70,7 @@ fn world(seed: u64, n: usize) -> World {
     let mut log = Vec::new();
     let mut expected = BTreeMap::new();
     let mut expected_rejects: BTreeMap<String, u64> = BTreeMap::new();
+    let mut expected_late = 0;
     let mut counted: Vec<Purchase> = Vec::new();
     let mut now = T0;
     let mut watermark = 0i64;
@@ -101,22 +105,26 @@ fn world(seed: u64, n: usize) -> World {
         } else if roll < 0.07 {
             rec(&mut log, b"{not json".to_vec(), now);
             *expected_rejects.entry("malformed_json".into()).or_default() += 1;
-        } else if roll < 0.08 && watermark > 0 {
-            // Far behind the watermark.
-            let p = purchase(&mut rng, now - 3600, &products, &sellers);
-            rec(&mut log, p.to_json().into_bytes(), now);
-            *expected_rejects.entry(TOO_LATE.into()).or_default() += 1;
         } else {
-            // Mostly in order, sometimes up to 4 minutes late (within the lateness).
-            let late = if rng.random_bool(0.1) {
+            // Mostly in order, sometimes up to 4 minutes late (within the lateness), and now
+            // and then far behind the watermark: counted all the same, as a correction.
+            let too_late = roll < 0.08 && watermark > 0;
+            let late = if too_late {
+                3600
+            } else if rng.random_bool(0.1) {
                 rng.random_range(0..240)
             } else {
                 0
             };
             let p = purchase(&mut rng, now - late, &products, &sellers);
             let ts = p.timestamp.timestamp();
-            assert!(ts >= watermark - 300);
-            watermark = watermark.max(ts);
+            if too_late {
+                assert!(ts < watermark - 300);
+                expected_late += 1;
+            } else {
+                assert!(ts >= watermark - 300);
+                watermark = watermark.max(ts);
+            }
             rec(&mut log, p.to_json().into_bytes(), now);
             let keys = dims.keys(&p);
             let amount = i128::from(p.quantity) * cents(p.price);
@@ -141,6 +149,9 @@ fn world(seed: u64, n: usize) -> World {
                     e.2 += u64::from(p.quantity);
                 }
             }
+            if too_late {
+                continue;
+            }
             counted.push(p);
         }
     }
@@ -148,6 +159,7 @@ fn world(seed: u64, n: usize) -> World {
         dims,
         log,
         expected,
+        expected_late,
         expected_rejects,
     }
 }
@@ -160,6 +172,8 @@ struct Store {
     windows: BTreeMap<(i64, String, String), WindowState>,
     rejects: BTreeMap<(i64, String), RejectState>,
     counted: BTreeMap<i64, CountedPurchase>,
+    /// Flagged records by offset (a row written again is the same row).
+    flagged: BTreeMap<i64, Flagged>,
     checkpoint: Option<(i64, i64, i64)>,
 }
 
@@ -217,11 +231,57 @@ impl Store {
         }
     }
 
-    /// Every window's totals as the views give them: the minutes, and their sums per hour
-    /// and day.
+    fn put_flagged(&mut self, rows: Vec<Flagged>) {
+        for f in rows {
+            self.flagged.insert(f.offset, f);
+        }
+    }
+
+    /// The late purchases the views add: the first late arrival of each id without a
+    /// counted row.
+    fn late(&self) -> Vec<&Flagged> {
+        let counted: std::collections::HashSet<String> = self
+            .counted
+            .values()
+            .map(|c| c.purchase_id.clone())
+            .collect();
+        let mut first: BTreeMap<u128, &Flagged> = BTreeMap::new();
+        for f in self.flagged.values().filter(|f| f.flag == TOO_LATE) {
+            if !counted.contains(&Uuid::from_u128(f.purchase_id).to_string()) {
+                first.entry(f.purchase_id).or_insert(f);
+            }
+        }
+        first.into_values().collect()
+    }
+
+    /// Every window's totals as the views give them: the minutes and the late purchases,
+    /// and their sums per hour and day.
     fn totals(&self) -> Totals {
         let mut calendar = Calendar::new(chrono_tz::UTC);
         let mut out = Totals::new();
+        for f in self.late() {
+            let minute = calendar.span(Granularity::Minute, f.ts).start;
+            for g in Granularity::ALL {
+                for (dim, key) in [
+                    ("total", String::new()),
+                    ("seller", f.keys.seller.to_string()),
+                    ("category", f.keys.category.to_string()),
+                    ("product", f.keys.product.to_string()),
+                ] {
+                    let e = out
+                        .entry((
+                            g.as_str().to_string(),
+                            calendar.span(g, minute).start,
+                            dim.to_string(),
+                            key,
+                        ))
+                        .or_insert((0, 0, 0));
+                    e.0 += f.amount;
+                    e.1 += 1;
+                    e.2 += u64::from(f.quantity);
+                }
+            }
+        }
         for ((start, dim, key), w) in &self.windows {
             for g in Granularity::ALL {
                 let e = out
@@ -301,6 +361,7 @@ fn run(w: &World, store: &mut Store, flush_every: usize, crashes: &BTreeMap<usiz
                 // 1. counted purchases
                 let mut body = RowBinary::new();
                 st.take_purchases(&mut body);
+                store.put_flagged(st.take_flagged_records());
                 for (o, c) in std::mem::take(&mut counted_here) {
                     store.counted.entry(o).or_insert(c);
                 }
@@ -331,6 +392,8 @@ fn windows_equal_the_model_without_crashes() {
     let w = world(1, 3000);
     let mut store = Store::default();
     run(&w, &mut store, 50, &BTreeMap::new());
+    assert!(w.expected_late > 10, "{} late purchases", w.expected_late);
+    assert_eq!(store.late().len(), w.expected_late);
     assert_eq!(store.totals(), w.expected);
     assert_eq!(store.reject_totals(), w.expected_rejects);
 }
@@ -403,34 +466,39 @@ fn a_re_send_counts_once_and_other_content_is_a_conflict() {
         .any(|w| w.dim == "product" && w.key == "unknown"));
 }
 
+/// The payload of purchase `id` of one item at 1.00, stamped `ts`.
+fn one(id: u128, ts: i64) -> Vec<u8> {
+    Purchase {
+        purchase_id: Uuid::from_u128(id),
+        client_id: Uuid::from_u128(2),
+        product_id: Uuid::from_u128(3),
+        seller_id: None,
+        quantity: 1,
+        price: Decimal::new(100, 2),
+        timestamp: DateTime::<Utc>::from_timestamp(ts, 0).expect("time"),
+    }
+    .to_json()
+    .into_bytes()
+}
+
 #[test]
 fn lateness_is_measured_on_the_watermark() {
     let dims = Dims::empty();
     let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
-    let at = |id: u128, ts: i64| {
-        Purchase {
-            purchase_id: Uuid::from_u128(id),
-            client_id: Uuid::from_u128(2),
-            product_id: Uuid::from_u128(3),
-            seller_id: None,
-            quantity: 1,
-            price: Decimal::new(100, 2),
-            timestamp: DateTime::<Utc>::from_timestamp(ts, 0).expect("time"),
-        }
-        .to_json()
-        .into_bytes()
-    };
     let k = Some(T0 * 1000);
-    assert_eq!(st.process(0, k, &at(1, T0), &dims), Outcome::Counted);
-    assert_eq!(st.process(1, k, &at(2, T0 - 300), &dims), Outcome::Counted);
+    assert_eq!(st.process(0, k, &one(1, T0), &dims), Outcome::Counted);
+    assert_eq!(st.process(1, k, &one(2, T0 - 300), &dims), Outcome::Counted);
+    assert_eq!(st.process(2, k, &one(3, T0 - 301), &dims), Outcome::Late);
+    let late = st.take_flagged_records();
     assert_eq!(
-        st.process(2, k, &at(3, T0 - 301), &dims),
-        Outcome::Rejected(TOO_LATE)
+        late.iter().map(|f| (f.flag, f.offset)).collect::<Vec<_>>(),
+        [(TOO_LATE, 2)]
     );
     // Closed windows are evicted once acknowledged; open ones stay.
     st.acknowledged();
+    let later = Some((T0 + 3 * 3600) * 1000);
     assert_eq!(
-        st.process(3, k, &at(4, T0 + 3 * 3600), &dims),
+        st.process(3, later, &one(4, T0 + 3 * 3600), &dims),
         Outcome::Counted
     );
     st.acknowledged();
@@ -439,6 +507,48 @@ fn lateness_is_measured_on_the_watermark() {
     // Only the newest minute × 4 dims is open.
     assert_eq!(windows, 4, "windows still held");
     assert_eq!(ids, 1);
+}
+
+/// A till with a clock an hour fast: its purchase counts in its own (future) minute, but the
+/// watermark moves only to its Kafka time plus the allowed skew, so the purchases after it
+/// on the partition are not late; it is flagged `future`.
+#[test]
+fn a_future_stamp_moves_the_watermark_no_further_than_the_clock_skew() {
+    let dims = Dims::empty();
+    let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
+    let k = Some(T0 * 1000);
+    assert_eq!(st.process(0, k, &one(1, T0), &dims), Outcome::Counted);
+    // Exactly the skew ahead: an ordinary purchase.
+    assert_eq!(st.process(1, k, &one(2, T0 + 60), &dims), Outcome::Counted);
+    assert_eq!(st.process(2, k, &one(3, T0 + 3600), &dims), Outcome::Future);
+    assert_eq!(
+        st.watermark,
+        T0 + 60,
+        "watermark bounded by Kafka time + skew"
+    );
+    assert_eq!(st.clock, T0 + 60, "clock bounded alike");
+    // A purchase from four minutes ago is within the lateness of the bounded watermark.
+    assert_eq!(st.process(3, k, &one(4, T0 - 200), &dims), Outcome::Counted);
+    let flagged = st.take_flagged_records();
+    assert_eq!(
+        flagged
+            .iter()
+            .map(|f| (f.flag, f.offset, f.ts, f.kafka_ts))
+            .collect::<Vec<_>>(),
+        [(FUTURE, 2, T0 + 3600, T0)]
+    );
+    // It counts in its own minute.
+    let future_minute = (T0 + 3600).div_euclid(60) * 60;
+    assert!(st
+        .dirty_window_states()
+        .iter()
+        .any(|w| w.dim == "total" && w.window_start == future_minute && w.purchases == 1));
+    // Without a Kafka timestamp nothing bounds it.
+    assert_eq!(
+        st.process(4, None, &one(5, T0 + 600), &dims),
+        Outcome::Counted
+    );
+    assert_eq!(st.watermark, T0 + 600);
 }
 
 #[test]
@@ -496,6 +606,7 @@ fn a_failed_flush_writes_its_windows_again_with_their_current_state() {
 /// A flush sent and not yet answered: what it would write.
 struct Flight {
     windows: Vec<WindowState>,
+    flagged: Vec<Flagged>,
     rejects: Vec<RejectState>,
     counted: BTreeMap<i64, CountedPurchase>,
     checkpoint: (i64, i64, i64),
@@ -521,6 +632,8 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
             let from = (st.next - 7).max(0) as usize;
             let mut counted_here: BTreeMap<i64, CountedPurchase> = BTreeMap::new();
             let mut flight: Option<Flight> = None;
+            // Flagged rows of a failed flush, sent again with the next one (as the loader does).
+            let mut retry_flagged: Vec<Flagged> = Vec::new();
             let mut since_flush = 0;
             let mut offset = from;
             loop {
@@ -563,6 +676,10 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
                             store.put_rejects(f.rejects);
                         }
                         let landed = rng.random_bool(0.5);
+                        if landed {
+                            store.put_flagged(f.flagged.clone());
+                        }
+                        retry_flagged.extend(f.flagged);
                         for (o, c) in f.counted {
                             if landed {
                                 store.counted.entry(o).or_insert(c.clone());
@@ -573,6 +690,7 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
                     } else {
                         store.put_windows(f.windows);
                         store.put_rejects(f.rejects);
+                        store.put_flagged(f.flagged);
                         for (o, c) in f.counted {
                             store.counted.entry(o).or_insert(c);
                         }
@@ -594,6 +712,7 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
                             _ => {
                                 store.put_windows(f.windows);
                                 store.put_rejects(f.rejects);
+                                store.put_flagged(f.flagged);
                                 for (o, c) in f.counted {
                                     store.counted.entry(o).or_insert(c);
                                 }
@@ -607,7 +726,10 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
                 if flight.is_none() && (since_flush >= flush_every || at_end) && pending {
                     since_flush = 0;
                     st.take_purchases(&mut RowBinary::new());
+                    let mut flagged = std::mem::take(&mut retry_flagged);
+                    flagged.extend(st.take_flagged_records());
                     flight = Some(Flight {
+                        flagged,
                         windows: st.dirty_window_states(),
                         rejects: st.dirty_reject_states(),
                         counted: std::mem::take(&mut counted_here),

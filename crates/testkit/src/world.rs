@@ -1,8 +1,7 @@
-//! Helpers of the batch tests: a pipeline per test (its own stage, ClickHouse database,
-//! topics and PostgreSQL database), the `lakeshop` binary, digests of ClickHouse and stage
-//! tables, and stage rows written directly for hand-made cases.
-
-#![allow(dead_code)]
+//! One test's world, for the tests that run the `lakeshop` binary: a pipeline file per test
+//! (its own stage, ClickHouse database, topics and PostgreSQL database), the binary
+//! ([`crate::lakeshop_bin`]), digests of ClickHouse and stage tables, and stage rows written
+//! directly for hand-made cases.
 
 use anyhow::{Context as _, Result};
 use deltalake::arrow::array::{
@@ -31,6 +30,7 @@ pub fn clickhouse(database: &str) -> Result<ClickHouse> {
 }
 
 /// One test's world: its pipeline file, stage and ClickHouse database (dropped on drop).
+#[derive(Debug)]
 pub struct World {
     pub dir: tempfile::TempDir,
     pub pipeline: PathBuf,
@@ -63,12 +63,12 @@ impl Setup {
     /// Every source `gen` writes: fresh purchases (3 partitions) and interactions topics and
     /// a fresh PostgreSQL database named after `prefix`.
     pub async fn all_sources(prefix: &str) -> Result<Self> {
-        let purchases_topic = lakeshop_testkit::unique("purchases");
-        let interactions_topic = lakeshop_testkit::unique("interactions");
-        lakeshop_testkit::create_topic(&purchases_topic, 3).await?;
-        lakeshop_testkit::create_topic(&interactions_topic, 1).await?;
+        let purchases_topic = crate::unique("purchases");
+        let interactions_topic = crate::unique("interactions");
+        crate::create_topic(&purchases_topic, 3).await?;
+        crate::create_topic(&interactions_topic, 1).await?;
         Ok(Self {
-            pg_url: Some(lakeshop_testkit::fresh_database(prefix).await?),
+            pg_url: Some(crate::fresh_database(prefix).await?),
             purchases_topic: Some(purchases_topic),
             interactions_topic: Some(interactions_topic),
             ..Default::default()
@@ -81,12 +81,12 @@ impl World {
         let dir = tempfile::tempdir()?;
         let stage_uri = match kind {
             StageKind::Local => dir.path().join("stage").to_string_lossy().to_string(),
-            StageKind::S3 => format!("s3://lakeshop/{}/stage", lakeshop_testkit::unique("batch")),
+            StageKind::S3 => format!("s3://lakeshop/{}/stage", crate::unique("batch")),
         };
-        let database = lakeshop_testkit::unique("lakeshop_batch");
+        let database = crate::unique("lakeshop_batch");
         let mut text = format!(
             "[pipeline]\nname = \"{}\"\ntimezone = \"{}\"\n",
-            lakeshop_testkit::unique("p"),
+            crate::unique("p"),
             setup.timezone.unwrap_or("UTC"),
         );
         if let Some(url) = &setup.pg_url {
@@ -94,7 +94,7 @@ impl World {
         }
         text.push_str(&format!(
             "[kafka]\nbrokers = \"{}\"\n",
-            lakeshop_testkit::kafka_brokers()
+            crate::kafka_brokers()
         ));
         if let Some(t) = &setup.purchases_topic {
             text.push_str(&format!(
@@ -108,8 +108,8 @@ impl World {
         }
         text.push_str(&format!(
             "[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\nflush_max_rows = 5000\n",
-            lakeshop_testkit::s3_endpoint(),
-            lakeshop_testkit::unique("src"),
+            crate::s3_endpoint(),
+            crate::unique("src"),
         ));
         text.push_str(&format!(
             "[clickhouse]\nurl = \"{}\"\ndatabase = \"{database}\"\nuser = \"{}\"\npassword = \"${{CLICKHOUSE_PASSWORD:-}}\"\n",
@@ -135,7 +135,7 @@ impl World {
     pub fn stage(&self) -> Stage {
         Stage::new(StageOptions {
             uri: self.stage_uri.clone(),
-            storage_options: lakeshop_testkit::s3_options(),
+            storage_options: crate::s3_options(),
         })
     }
 
@@ -148,13 +148,20 @@ impl World {
 
     /// Runs `lakeshop`; returns (success, stdout, stderr).
     pub fn try_run(&self, args: &[&str]) -> Result<(bool, String, String)> {
-        let out = Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        let (code, stdout, stderr) = self.try_run_status(args)?;
+        Ok((code == Some(0), stdout, stderr))
+    }
+
+    /// Runs `lakeshop`; returns (exit code, stdout, stderr). The code is `None` when a
+    /// signal ended the process.
+    pub fn try_run_status(&self, args: &[&str]) -> Result<(Option<i32>, String, String)> {
+        let out = Command::new(crate::lakeshop_bin())
             .arg("--config")
             .arg(&self.pipeline)
             .args(args)
             .output()?;
         Ok((
-            out.status.success(),
+            out.status.code(),
             String::from_utf8(out.stdout)?,
             String::from_utf8_lossy(&out.stderr).to_string(),
         ))
@@ -170,8 +177,8 @@ impl World {
     /// ([`STREAM_SELLER`], "Shop") and one product of it ([`STREAM_PRODUCT`], "Lamp",
     /// lighting). Returns the world and its topic.
     pub async fn for_stream(partitions: i32) -> Result<(Self, String)> {
-        let topic = lakeshop_testkit::unique("purchases");
-        lakeshop_testkit::create_topic(&topic, partitions).await?;
+        let topic = crate::unique("purchases");
+        crate::create_topic(&topic, partitions).await?;
         let world = Self::new(
             StageKind::Local,
             Setup {

@@ -3,10 +3,8 @@
 //! acknowledgement never exceed `[stream] max_unacked_records` (by more than one run of
 //! records), and every purchase is still counted once.
 
-mod batch_support;
-
 use anyhow::{Context as _, Result};
-use batch_support::World;
+use lakeshop_testkit::world::World;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
