@@ -109,6 +109,9 @@ pub struct PostgresConfig {
     /// Rows per stage commit of `extract clients|sellers`; an interrupted incremental
     /// extract resumes from its last commit. Default 1,000,000.
     pub commit_rows: usize,
+    /// How often `extract clients|sellers --follow` extracts again. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub follow_interval: Duration,
 }
 
 impl Default for PostgresConfig {
@@ -123,6 +126,7 @@ impl Default for PostgresConfig {
             sellers_table: "sellers".into(),
             watermark_column: "updated_at".into(),
             commit_rows: 1_000_000,
+            follow_interval: Duration::from_secs(5),
         }
     }
 }
@@ -270,12 +274,16 @@ impl S3Config {
 pub struct ProductsConfig {
     /// URI of the source product Delta table. Default `s3://lakeshop/source/products`.
     pub uri: String,
+    /// How often `extract products --follow` looks for new source versions. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub follow_interval: Duration,
 }
 
 impl Default for ProductsConfig {
     fn default() -> Self {
         Self {
             uri: "s3://lakeshop/source/products".into(),
+            follow_interval: Duration::from_secs(5),
         }
     }
 }

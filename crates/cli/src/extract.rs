@@ -1,5 +1,8 @@
 //! Wiring of `extract …`: builds each extractor's settings from the pipeline file and flags,
-//! shows progress, serves `/metrics` and `/healthz` while following, and drains on SIGTERM.
+//! shows progress, serves `/metrics` and `/healthz` while following Kafka, and drains on
+//! SIGTERM. Dimension sources follow by polling: `extract clients|sellers|products --follow`
+//! extracts again every `follow_interval` of their section, so the stage (and the streaming
+//! loader's dimension cache, which reads it) stays within seconds of the sources.
 
 use anyhow::{bail, Context as _, Result};
 use std::net::SocketAddr;
@@ -31,6 +34,24 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
         }
     }
     match cmd {
+        ExtractCommand::Clients(args) if args.follow => {
+            follow("clients", config.postgres.follow_interval, || {
+                dimension(config, &args, Dimension::Clients)
+            })
+            .await
+        }
+        ExtractCommand::Sellers(args) if args.follow => {
+            follow("sellers", config.postgres.follow_interval, || {
+                dimension(config, &args, Dimension::Sellers)
+            })
+            .await
+        }
+        ExtractCommand::Products(args) if args.follow => {
+            follow("products", config.products.follow_interval, || {
+                products(config, &args)
+            })
+            .await
+        }
         ExtractCommand::Clients(args) => print(dimension(config, &args, Dimension::Clients).await?),
         ExtractCommand::Sellers(args) => print(dimension(config, &args, Dimension::Sellers).await?),
         ExtractCommand::Products(args) => print(products(config, &args).await?),
@@ -58,6 +79,60 @@ pub async fn run(config: &Config, cmd: ExtractCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--follow` of a dimension source: one extract pass every `interval` until SIGTERM or
+/// Ctrl-C (a pass under way finishes; each commits as a plain run does, so a kill loses
+/// nothing but the pass). A pass that changed the stage prints its summary line; a failed
+/// pass (the source down, say) is logged and tried again at the next interval, so a
+/// following service outlives an outage. At the end, a line with the passes made.
+async fn follow<F, Fut>(name: &str, interval: Duration, mut pass: F) -> Result<ExitCode>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value>>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let signals = lakeshop_service::stop_on_signal(stop.clone());
+    tracing::info!(
+        source = name,
+        interval_ms = interval.as_millis() as u64,
+        "following the source"
+    );
+    let (mut passes, mut failed, mut changed) = (0u64, 0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        match pass().await {
+            Ok(summary) => {
+                passes += 1;
+                let moved = ["inserted", "updated", "marked_deleted"]
+                    .iter()
+                    .any(|k| summary[*k].as_u64().is_some_and(|n| n > 0));
+                if moved {
+                    changed += 1;
+                    outln!("{summary}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(source = name, error = %format!("{e:#}"), "extract pass failed; trying again");
+            }
+        }
+        let next = tokio::time::Instant::now() + interval;
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < next {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    signals.abort();
+    outln!(
+        "{}",
+        serde_json::json!({
+            "source": name,
+            "follow": true,
+            "passes": passes,
+            "passes_that_changed": changed,
+            "failed_passes": failed,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One JSON line per source on stdout: what schedulers and tests read.
@@ -89,7 +164,7 @@ async fn dimension(
         overlap: lakeshop_sources::postgres::DEFAULT_OVERLAP,
         progress: progress.clone(),
     };
-    let bar = crate::progress::counter(args.quiet, name, "rows");
+    let bar = crate::progress::counter(args.quiet || args.follow, name, "rows");
     let ticker = {
         let bar = bar.clone();
         let progress = progress.clone();
@@ -124,7 +199,7 @@ async fn products(config: &Config, args: &ExtractArgs) -> Result<serde_json::Val
         uri: config.products.uri.clone(),
         storage_options: config.s3.storage_options(),
     };
-    let bar = crate::progress::spinner(args.quiet, "products: new source versions");
+    let bar = crate::progress::spinner(args.quiet || args.follow, "products: new source versions");
     let done = lakeshop_sources::products::extract(&stage(config), &source).await;
     bar.finish_and_clear();
     let stats = done.context("extract products")?;

@@ -256,7 +256,8 @@ struct ExtractArgs {
     /// Full extract (dimensions): also finds deletions.
     #[arg(long)]
     full: bool,
-    /// Kafka: keep consuming, flushing by size or time.
+    /// Kafka: keep consuming, flushing by size or time. Clients, sellers, products: extract
+    /// again every `follow_interval` of their section until SIGTERM.
     #[arg(long, conflicts_with = "until_end")]
     follow: bool,
     /// Kafka: drain what is there and exit (the default without --follow).

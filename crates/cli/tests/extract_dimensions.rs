@@ -390,3 +390,93 @@ async fn an_interrupted_first_load_is_read_again_whole() -> Result<()> {
     assert!(num(&next, "read") < CLIENTS, "{next}");
     Ok(())
 }
+
+/// `extract sellers --follow`: a seller created in PostgreSQL while it runs reaches the stage
+/// within a few poll intervals, with no other command run; SIGTERM ends it with exit 0 and a
+/// summary of its passes. Seen failing (timing out) with `--follow` ignored by the dimension
+/// extracts: one pass, then exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn following_sellers_stages_a_new_seller_within_seconds() -> Result<()> {
+    let db = lakeshop_testkit::fresh_database("follow_test").await?;
+    let dir = tempfile::tempdir()?;
+    let stage_uri = dir.path().join("stage").to_string_lossy().to_string();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[pipeline]\nname = \"{}\"\n[postgres]\nurl = \"{db}\"\ntls = \"disable\"\nfollow_interval = \"500ms\"\n[s3]\nendpoint = \"{}\"\n[products]\nuri = \"s3://lakeshop/{}/products\"\n[stage]\nuri = \"{stage_uri}\"\n",
+            lakeshop_testkit::unique("p"),
+            lakeshop_testkit::s3_endpoint(),
+            lakeshop_testkit::unique("src"),
+        ),
+    )?;
+    lakeshop(
+        &pipeline,
+        &[
+            "gen",
+            "--clients",
+            "10",
+            "--sellers",
+            "5",
+            "--only",
+            "postgres",
+            "--seed",
+            "5",
+            "--quiet",
+        ],
+    )?;
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_lakeshop"))
+        .arg("--config")
+        .arg(&pipeline)
+        .args(["extract", "sellers", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let sellers = || async {
+        let n = counts(&stage_uri, "sellers", "SELECT 'all', count(*) FROM sellers")
+            .await
+            .ok()
+            .and_then(|c| c.get("all").copied());
+        n.unwrap_or(0)
+    };
+    let wait_for = |want: i64| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let n = sellers().await;
+            if n == want || std::time::Instant::now() > deadline {
+                return n;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let outcome = async {
+        assert_eq!(wait_for(5).await, 5, "the first pass stages every seller");
+        let pg = lakeshop_testkit::pg(&db).await?;
+        pg.execute(
+            "INSERT INTO sellers (seller_id, name, region) VALUES ($1, 'New shop', 'north')",
+            &[&uuid::Uuid::new_v4()],
+        )
+        .await?;
+        let started = std::time::Instant::now();
+        assert_eq!(wait_for(6).await, 6, "the new seller reached the stage");
+        eprintln!("new seller staged after {:?}", started.elapsed());
+        anyhow::Ok(())
+    }
+    .await;
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let out = child.wait_with_output()?;
+    outcome?;
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let stdout = String::from_utf8(out.stdout)?;
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().context("no summary")?)?;
+    assert_eq!(last["follow"], true, "{stdout}");
+    assert!(last["passes"].as_u64().is_some_and(|n| n >= 2), "{stdout}");
+    assert!(
+        last["passes_that_changed"].as_u64().is_some_and(|n| n >= 2),
+        "{stdout}"
+    );
+    Ok(())
+}
