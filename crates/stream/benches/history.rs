@@ -21,8 +21,9 @@ use lakeshop_clickhouse::migrate::Migration;
 use lakeshop_clickhouse::ClickHouse;
 use lakeshop_testkit::world::clickhouse;
 
-/// The measured day: 2026-11-20 (its midnight, UTC seconds).
-const DAY_START: i64 = 1_795_651_200;
+/// The measured day: 2026-11-20 (its midnight, UTC seconds), and its text.
+const DAY_START: i64 = 1_795_132_800;
+const DAY: &str = "2026-11-20";
 const LATENESS: i64 = 300;
 
 async fn fill(ch: &ClickHouse, days_before: i64, per_day: u64) -> Result<()> {
@@ -91,17 +92,27 @@ async fn measure(ch: &ClickHouse) -> Result<(f64, f64, f64)> {
         Ok(())
     })
     .await?;
-    let day = NaiveDate::from_ymd_opt(2026, 11, 20).unwrap_or_default();
+    let day: NaiveDate = DAY.parse()?;
+    anyhow::ensure!(
+        day.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()) == Some(DAY_START),
+        "the measured day's constants disagree"
+    );
     let reconcile = median(|| async move {
-        lakeshop_stream::reconcile::reconcile_day(ch, day).await?;
+        let report = lakeshop_stream::reconcile::reconcile_day(ch, day).await?;
+        anyhow::ensure!(
+            report.rows.iter().any(|r| r.stream.is_some()),
+            "the stream holds nothing of {day}"
+        );
         Ok(())
     })
     .await?;
     let view = median(|| async move {
         ch.rows(
             "stream_sales_v of a day",
-            "SELECT count() FROM stream_sales_v WHERE event_date = toDate('2026-11-20') \
-             AND granularity = 'day'",
+            &format!(
+                "SELECT count() FROM stream_sales_v WHERE event_date = toDate('{DAY}') \
+                 AND granularity = 'day'"
+            ),
         )
         .await?;
         Ok(())
