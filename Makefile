@@ -4,7 +4,7 @@
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help deps up down status build test fuzz-api bench bench-records demo fmt check
+.PHONY: help deps up down status build test fuzz-api bench bench-records bench-dedup demo fmt check
 
 # Build cache outside the clone, shared by every clone and by CI (never relied on).
 CARGO_TARGET_DIR ?= $(HOME)/.cache/lakeshop/target
@@ -57,10 +57,13 @@ fuzz-api: up ## Schemathesis against a running `lakeshop serve`, 500 examples pe
 
 bench: up ## Benchmarks, each next to its baseline in the same run (bench-results/)
 	@infra/deps.sh bench
-	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream --bench records --bench history --bench api
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) $(RUN) cargo bench --workspace --bench produce --bench extract --bench batch --bench stream --bench records --bench history --bench dedup --bench api
 
 bench-records: ## The loader's per-record CPU, no broker or ClickHouse (seconds; bench-results/)
 	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) cargo bench --workspace --bench records
+
+bench-dedup: ## The loader's memory with a 7-day dedup horizon at 10M/day, no broker or ClickHouse (bench-results/)
+	CARGO_TARGET_DIR=$(BENCH_TARGET_DIR) cargo bench --workspace --bench dedup
 
 fmt: ## Format the code
 	cargo fmt --all

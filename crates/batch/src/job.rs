@@ -46,6 +46,9 @@ pub struct BatchOptions {
     /// Business time zone: sets day boundaries (already in `event_date`) and hours.
     pub timezone: chrono_tz::Tz,
     pub pii: PiiMode,
+    /// An arrival of a purchase id stamped no more than this after an earlier arrival of
+    /// it is a re-send (not counted); later, a new purchase (`[stream] dedup_horizon`).
+    pub dedup_horizon: std::time::Duration,
 }
 
 /// What one day's run did. `rows_in = rows_out + duplicates`.
@@ -401,7 +404,7 @@ impl BatchJob {
             .sql(
                 day,
                 "find purchases counted on other days",
-                sql::CLAIMED_ELSEWHERE,
+                &sql::claimed_elsewhere(self.options.dedup_horizon.as_secs()),
             )
             .await?;
         let counted_on_other_day = count_rows(&claimed);

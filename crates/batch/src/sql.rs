@@ -74,7 +74,8 @@ WHERE a.arrival > 1
 /// days a run covers, and each day then looks only at these few rows. Memory follows the
 /// window, not the stage's whole history.
 pub(crate) const MULTI_DAY_ARRIVALS: &str = r#"
-SELECT purchase_id, event_date, ingested_at, source_topic, source_partition, source_offset
+SELECT purchase_id, "timestamp", event_date, ingested_at, source_topic, source_partition,
+       source_offset
 FROM purchases
 WHERE purchase_id IN (
     SELECT o.purchase_id
@@ -88,12 +89,18 @@ WHERE purchase_id IN (
 "#;
 
 /// Purchase ids of the day whose first arrival is on another day (a copy with another
-/// timestamp arrived earlier): they count on that day, not this one.
-pub(crate) const CLAIMED_ELSEWHERE: &str = r#"
+/// timestamp arrived earlier, stamped no more than `horizon_s` seconds before this day's
+/// first arrival): they count on that day, not this one. An earlier arrival stamped longer
+/// before is beyond the dedup horizon: this day's arrival is a new purchase, as the
+/// streaming loader decides.
+pub(crate) fn claimed_elsewhere(horizon_s: u64) -> String {
+    format!(
+        r#"
 SELECT DISTINCT f.purchase_id
 FROM day_firsts f
 JOIN multi_day_arrivals o ON o.purchase_id = f.purchase_id
 WHERE o.event_date <> $1
+  AND to_unixtime(o."timestamp") >= to_unixtime(f."timestamp") - {horizon_s}
   AND (o.ingested_at < f.ingested_at
        OR (o.ingested_at = f.ingested_at
            AND (o.source_topic < f.source_topic
@@ -101,7 +108,9 @@ WHERE o.event_date <> $1
                     AND (o.source_partition < f.source_partition
                          OR (o.source_partition = f.source_partition
                              AND o.source_offset < f.source_offset))))))
-"#;
+"#
+    )
+}
 
 /// What happens to e-mail and address in `stage.sales` and ClickHouse.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -550,6 +550,7 @@ async fn lakeshop_build(
         BatchOptions {
             timezone: chrono_tz::UTC,
             pii: PiiMode::Keep,
+            dedup_horizon: std::time::Duration::from_secs(7 * 86_400),
         },
     )
     .await?;

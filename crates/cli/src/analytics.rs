@@ -113,6 +113,7 @@ async fn run_days(
     let days = lakeshop_batch::days(from, to)?;
     let options = BatchOptions {
         timezone: config.timezone()?,
+        dedup_horizon: config.stream.dedup_horizon,
         pii: match config.batch.pii {
             config::PiiMode::Keep => PiiMode::Keep,
             config::PiiMode::Hash => PiiMode::Hash,

@@ -375,6 +375,14 @@ pub struct StreamConfig {
     /// no further than its Kafka timestamp plus this, and is flagged `future`. Default `1m`.
     #[serde(with = "humantime_serde")]
     pub max_clock_skew: Duration,
+    /// A purchase id sent again is a duplicate of the arrival counted when it is stamped no
+    /// more than this after it (an identical re-send, whatever its age, always is); later,
+    /// it counts as a new purchase. The batch job decides the same way. At least a day and
+    /// the lateness. The loader keeps the ids of this span (and a day more) in a filter of
+    /// about 2 bytes per id, and looks an id up in ClickHouse only when the filter says
+    /// "maybe". Default `7d`.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
     /// Flush changed windows and the checkpoint at least this often while records flow:
     /// the pace of event-to-ClickHouse latency (each flush is up to four small inserts).
     /// Default `200ms`.
@@ -397,6 +405,7 @@ impl Default for StreamConfig {
         Self {
             allowed_lateness: Duration::from_secs(300),
             max_clock_skew: Duration::from_secs(60),
+            dedup_horizon: Duration::from_secs(7 * 86_400),
             flush_interval: Duration::from_millis(200),
             max_unacked_records: 500_000,
             dims_refresh: Duration::from_secs(5),
@@ -530,6 +539,13 @@ impl Config {
         }
         if self.stage.flush_max_rows == 0 {
             bail!("stage.flush_max_rows: must be at least 1");
+        }
+        let horizon = self.stream.dedup_horizon;
+        if horizon < Duration::from_secs(86_400) || horizon < self.stream.allowed_lateness {
+            bail!(
+                "stream.dedup_horizon: {} must be at least a day and at least stream.allowed_lateness",
+                humantime::format_duration(horizon)
+            );
         }
         if self.stage.flush_interval.is_zero() {
             bail!("stage.flush_interval: must be more than 0s");

@@ -31,6 +31,7 @@ pub async fn run(config: &Config, args: StreamRunArgs) -> Result<ExitCode> {
         timezone: config.timezone()?,
         allowed_lateness: config.stream.allowed_lateness,
         max_clock_skew: config.stream.max_clock_skew,
+        dedup_horizon: config.stream.dedup_horizon,
         flush_interval: args.flush_interval.unwrap_or(config.stream.flush_interval),
         max_unacked_records: config.stream.max_unacked_records,
         dims_refresh: config.stream.dims_refresh,

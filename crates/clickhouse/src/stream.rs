@@ -369,6 +369,27 @@ impl ClickHouse {
             .collect()
     }
 
+    /// The other pipelines with checkpoints of `topic` in this database. The stream tables
+    /// are keyed by topic and partition, not pipeline: one database holds one pipeline's
+    /// rows of a topic.
+    pub async fn stream_other_pipelines(&self, pipeline: &str, topic: &str) -> Result<Vec<String>> {
+        check_name("pipeline", pipeline)?;
+        check_name("topic", topic)?;
+        let rows = self
+            .rows(
+                "read stream checkpoints",
+                &format!(
+                    "SELECT DISTINCT pipeline FROM stream_checkpoints \
+                     WHERE source = '{topic}' AND pipeline != '{pipeline}' ORDER BY pipeline"
+                ),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect())
+    }
+
     /// The latest state of every minute window of one partition that starts at or after
     /// `since` (UTC seconds), one at a time as ClickHouse answers (the open windows are never
     /// held twice).
@@ -458,6 +479,99 @@ impl ClickHouse {
             },
         )
         .await
+    }
+
+    /// Every purchase id one partition counted (in windows, or late as a `too_late` row)
+    /// at an event time at or after `since`, with that time: what the loader's id filter
+    /// holds. Only the two id columns are read.
+    pub async fn stream_counted_ids(
+        &self,
+        topic: &str,
+        part: i32,
+        since: i64,
+        mut f: impl FnMut(&str, i64),
+    ) -> Result<()> {
+        check_name("topic", topic)?;
+        let since = since.max(0);
+        let op = "restore counted ids";
+        self.each_row(
+            op,
+            &format!(
+                "SELECT purchase_id, toUInt32(timestamp) FROM stream_purchases \
+                 WHERE source = '{topic}' AND part = {part} \
+                   AND event_date >= toDate(toDateTime({since})) AND timestamp >= toDateTime({since}) \
+                 UNION ALL \
+                 SELECT purchase_id, toUInt32(timestamp) FROM stream_flagged \
+                 WHERE flag = 'too_late' AND source = '{topic}' AND part = {part} \
+                   AND event_date >= toDate(toDateTime({since})) AND timestamp >= toDateTime({since})"
+            ),
+            |r| match r {
+                [id, t] => {
+                    f(id, field(t)?);
+                    Ok(())
+                }
+                _ => Err(format!("unexpected row {r:?}")),
+            },
+        )
+        .await
+    }
+
+    /// The earliest arrival of `purchase_id` one partition counted (in windows, or late) at
+    /// offset `through` or before, stamped at or after `since`: (offset, content hash). The
+    /// loader's exact look-up behind its id filter; `stream_purchases` is sorted by id, so
+    /// each day's part is one index probe.
+    pub async fn stream_first_counted(
+        &self,
+        topic: &str,
+        part: i32,
+        purchase_id: &str,
+        since: i64,
+        through: i64,
+    ) -> Result<Option<(i64, u64)>> {
+        let op = "look up a counted purchase id";
+        let since = since.max(0);
+        let through = through.max(0);
+        let arm = |table: &str, flag: &str| {
+            format!(
+                "SELECT offset, content_hash FROM {table} \
+                 WHERE {flag}purchase_id = ? AND source = ? AND part = ? \
+                   AND event_date >= toDate(toDateTime(?)) AND timestamp >= toDateTime(?) \
+                   AND offset <= ?"
+            )
+        };
+        let sql = format!(
+            "SELECT offset, content_hash FROM ({} UNION ALL {}) ORDER BY offset LIMIT 1",
+            arm("stream_purchases", ""),
+            arm("stream_flagged", "flag = 'too_late' AND ")
+        );
+        let mut q = self.client.query(&sql);
+        for _ in 0..2 {
+            q = q
+                .bind(purchase_id)
+                .bind(topic)
+                .bind(part)
+                .bind(since)
+                .bind(since)
+                .bind(through);
+        }
+        let body = q
+            .fetch_bytes("TabSeparated")
+            .map_err(Error::query(op))?
+            .collect()
+            .await
+            .map_err(Error::query(op))?;
+        let rows = crate::tsv::parse(&body).map_err(|message| Error::Answer {
+            operation: op.to_string(),
+            message,
+        })?;
+        match rows.first().map(Vec::as_slice) {
+            None => Ok(None),
+            Some([o, h]) => Ok(Some((int(op, o)?, int(op, h)?))),
+            Some(r) => Err(Error::Answer {
+                operation: op.to_string(),
+                message: format!("unexpected row {r:?}"),
+            }),
+        }
     }
 
     /// The latest reject counters of one partition for minutes at or after `since`.

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use lakeshop_clickhouse::RowBinary;
 use lakeshop_model::Purchase;
 use lakeshop_stream::dims::Dims;
-use lakeshop_stream::state::{Outcome, PartitionState, Restored, Settings};
+use lakeshop_stream::state::{NoLookups, Outcome, PartitionState, Restored, Settings};
 use rand::{Rng, SeedableRng};
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -97,12 +97,23 @@ fn loader_pass(msgs: &[Message], dims: &Dims) -> Counts {
         timezone: chrono_tz::UTC,
         lateness: 300,
         max_clock_skew: 60,
+        dedup_horizon: 7 * 86_400,
     };
+    let mut lookups = NoLookups::default();
     let mut st = PartitionState::new(0, settings, Restored::default(), dims);
     let mut body = RowBinary::new();
     let mut counts = Counts::default();
     for (offset, m) in msgs.iter().enumerate() {
-        match st.process(offset as i64, Some(m.kafka_ms), &m.payload, dims) {
+        let outcome = st
+            .process(
+                offset as i64,
+                Some(m.kafka_ms),
+                &m.payload,
+                dims,
+                &mut lookups,
+            )
+            .expect("no look-up fails");
+        match outcome {
             Outcome::Counted | Outcome::Future | Outcome::Late => counts.counted += 1,
             Outcome::Rejected(_) | Outcome::Skipped => counts.other += 1,
         }

@@ -41,7 +41,7 @@ use rdkafka::ClientConfig;
 use crate::dead_letters::DeadLetters;
 use crate::dims::{Dims, DimsCache};
 use crate::metrics::StreamMetrics;
-use crate::state::{Outcome, PartitionState, Settings};
+use crate::state::{CountedArrival, Lookup, LookupFailed, Outcome, PartitionState, Settings};
 use crate::{Error, Result};
 
 /// Records taken from the consumer in one run before the loop looks at its flush, clocks
@@ -78,6 +78,8 @@ pub struct StreamOptions {
     /// How far ahead of its Kafka timestamp an event may be stamped and still move the
     /// watermark to its own time.
     pub max_clock_skew: Duration,
+    /// Event time within which a re-sent purchase id is a duplicate of the one counted.
+    pub dedup_horizon: Duration,
     /// Flush changed rows at least this often while records flow.
     pub flush_interval: Duration,
     /// Records read but not yet acknowledged by ClickHouse before reading pauses.
@@ -112,6 +114,9 @@ pub struct StreamStats {
     pub rejected: u64,
     /// Rejected records by reason.
     pub rejected_by_reason: BTreeMap<String, u64>,
+    /// Exact look-ups of purchase ids in ClickHouse (the id filter said "maybe", or the
+    /// purchase is older than the filter).
+    pub lookups: u64,
     /// Acknowledged flushes.
     pub flushes: u64,
     /// Most records awaiting acknowledgement by ClickHouse at once (bounded by
@@ -143,6 +148,7 @@ impl std::fmt::Debug for StreamOptions {
             .field("timezone", &self.timezone)
             .field("allowed_lateness", &self.allowed_lateness)
             .field("max_clock_skew", &self.max_clock_skew)
+            .field("dedup_horizon", &self.dedup_horizon)
             .field("flush_interval", &self.flush_interval)
             .field("max_unacked_records", &self.max_unacked_records)
             .field("until_idle", &self.until_idle)
@@ -178,7 +184,8 @@ impl Resume for Checkpoints {
             .into_iter()
             .map(|st| {
                 let (windows, ids) = st.sizes();
-                tracing::info!(topic = %self.topic, partition = st.part(), next = st.next, watermark = st.watermark, windows, ids, "partition restored");
+                let (filter_ids, filter_bytes) = st.filter_size();
+                tracing::info!(topic = %self.topic, partition = st.part(), next = st.next, watermark = st.watermark, windows, ids, filter_ids, filter_bytes, "partition restored");
                 Resumed {
                     partition: st.part(),
                     next: (st.next > 0).then_some(st.next),
@@ -237,6 +244,16 @@ impl Checkpoints {
                     |counted| st.restore_counted(counted, &dims),
                 )
                 .await?;
+            // The id filter: every id counted within the horizon (and a day more).
+            let ids_since = self.settings.ids_since(c.watermark);
+            st.restore_ids_from(ids_since);
+            self.ch
+                .stream_counted_ids(&self.topic, p, ids_since, |id, ts| {
+                    if let Ok(id) = uuid::Uuid::parse_str(id) {
+                        st.restore_id(id.as_u128(), ts);
+                    }
+                })
+                .await?;
             st.restored();
             out.push(st);
         }
@@ -247,6 +264,20 @@ impl Checkpoints {
 /// Runs the loader until stopped (or, with `until_idle`, until it caught up).
 pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result<StreamStats> {
     ch.require_stream_tables().await?;
+    // The stream rows are keyed by topic and partition: a second pipeline over the same
+    // topic in one database would write over the first one's windows.
+    let others = ch
+        .stream_other_pipelines(&opts.pipeline, &opts.topic)
+        .await?;
+    if !others.is_empty() {
+        return Err(Error::Config(format!(
+            "topic {} already has stream rows of pipeline {} in this ClickHouse database; \
+             one database holds one pipeline's stream of a topic (use another database, or \
+             the same pipeline name)",
+            opts.topic,
+            others.join(", ")
+        )));
+    }
     let dims = DimsCache::load(stage).await?;
     let (products, sellers) = dims.get().sizes();
     tracing::info!(products, sellers, "dimension cache loaded");
@@ -258,6 +289,7 @@ pub async fn run(stage: &Stage, ch: &ClickHouse, opts: &StreamOptions) -> Result
             timezone: opts.timezone,
             lateness: opts.allowed_lateness.as_secs() as i64,
             max_clock_skew: opts.max_clock_skew.as_secs() as i64,
+            dedup_horizon: opts.dedup_horizon.as_secs() as i64,
         },
         pipeline: opts.pipeline.clone(),
         ch: ch.clone(),
@@ -321,6 +353,56 @@ struct Loop {
     /// records, not per record).
     unpublished: (u64, u64),
     dead_letters: Option<DeadLetters>,
+}
+
+/// The exact look-up behind the id filter: ClickHouse, asked again with backoff while it
+/// does not answer (the loop waits: no record after this one is decided before it is). A
+/// stop requested meanwhile ends the run before the record; nothing after it is
+/// checkpointed.
+struct ClickHouseLookup<'a> {
+    runtime: &'a tokio::runtime::Handle,
+    ch: &'a ClickHouse,
+    topic: &'a str,
+    stop: &'a AtomicBool,
+    metrics: &'a StreamMetrics,
+}
+
+impl Lookup for ClickHouseLookup<'_> {
+    fn first_counted(
+        &mut self,
+        part: i32,
+        id: u128,
+        since: i64,
+        through: i64,
+    ) -> std::result::Result<Option<CountedArrival>, LookupFailed> {
+        self.metrics.dedup_lookups.inc();
+        let id = uuid::Uuid::from_u128(id);
+        let text = id.hyphenated().to_string();
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let asked = self.runtime.block_on(tokio::time::timeout(
+                INSERT_TIMEOUT,
+                self.ch
+                    .stream_first_counted(self.topic, part, &text, since, through),
+            ));
+            let message = match asked {
+                Ok(Ok(found)) => {
+                    return Ok(found.map(|(offset, content_hash)| CountedArrival {
+                        offset,
+                        content_hash,
+                    }))
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {INSERT_TIMEOUT:?}"),
+            };
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(LookupFailed { id, message });
+            }
+            tracing::warn!(partition = part, error = %message, retry_in_ms = backoff.as_millis() as u64, "purchase id look-up failed; retrying");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
 }
 
 /// A flush sent to ClickHouse and not yet answered.
@@ -543,7 +625,18 @@ impl Loop {
         let Some(st) = self.states.get_mut(&p) else {
             return Ok(());
         };
-        let outcome = st.process(m.offset(), m.timestamp_ms(), m.payload(), dims);
+        let mut lookup = ClickHouseLookup {
+            runtime: &self.runtime,
+            ch: &self.ch,
+            topic: &self.opts.topic,
+            stop: &self.opts.stop,
+            metrics: &self.opts.metrics,
+        };
+        let asked = st.lookups();
+        let outcome = st
+            .process(m.offset(), m.timestamp_ms(), m.payload(), dims, &mut lookup)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        self.stats.lookups += st.lookups() - asked;
         let entry = self.stats.partitions.entry(p).or_default();
         match outcome {
             Outcome::Skipped => {}

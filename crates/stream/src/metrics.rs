@@ -41,6 +41,9 @@ pub struct StreamMetrics {
     pub too_late: Counter,
     /// Purchases stamped further ahead of their Kafka time than the allowed clock skew.
     pub future_events: Counter,
+    /// Exact look-ups of purchase ids in ClickHouse (the id filter said "maybe", or the
+    /// purchase is older than the filter).
+    pub dedup_lookups: Counter,
     /// Records behind the high watermark of the last fetch, per partition.
     pub lag: Family<PartitionLabels, Gauge>,
     /// Seconds per flush (every insert of the flush and the checkpoint).
@@ -68,6 +71,7 @@ impl StreamMetrics {
             rejected: Family::default(),
             too_late: Counter::default(),
             future_events: Counter::default(),
+            dedup_lookups: Counter::default(),
             lag: Family::default(),
             flush_seconds: Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -109,6 +113,11 @@ impl StreamMetrics {
             "future_events",
             "Purchases stamped further ahead of their Kafka time than the allowed clock skew",
             self.future_events.clone(),
+        );
+        r.register(
+            "dedup_lookups",
+            "Exact look-ups of purchase ids in ClickHouse behind the id filter",
+            self.dedup_lookups.clone(),
         );
         r.register(
             "lag_records",

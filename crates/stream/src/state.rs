@@ -24,9 +24,11 @@ use crate::calendar::{Calendar, Granularity};
 use crate::dims::{Dims, Key, Keys};
 
 mod chunks;
+mod horizon;
 mod seen;
 mod windows;
 
+use horizon::Horizon;
 use seen::{Seen, SeenIds};
 use windows::{Totals, Windows};
 
@@ -144,6 +146,74 @@ pub struct Settings {
     /// watermark (and the clock) to its own time; beyond, they move to the Kafka timestamp
     /// plus this.
     pub max_clock_skew: i64,
+    /// Seconds of event time within which a re-sent purchase id is a duplicate of the one
+    /// counted: a later arrival stamped no more than this after a counted arrival of its id
+    /// is not counted (the same rule as the batch job's).
+    pub dedup_horizon: i64,
+}
+
+/// Seconds in a day: the margin the id filter keeps beyond the horizon, so purchases up to
+/// a day later than the lateness are decided without a look-up.
+const DAY: i64 = 86_400;
+
+impl Settings {
+    /// The event time from which a partition keeps the ids it counted, for watermark `wm`:
+    /// what a purchase up to a day later than the lateness needs.
+    pub fn ids_since(&self, wm: i64) -> i64 {
+        wm.saturating_sub(self.lateness + self.dedup_horizon + DAY)
+    }
+}
+
+/// An arrival of a purchase id the partition counted, as an exact look-up finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountedArrival {
+    pub offset: i64,
+    pub content_hash: u64,
+}
+
+/// The exact answer behind the id filter's "maybe": the counted arrivals stored (ClickHouse
+/// in the loader). Rows not yet acknowledged are never needed: their ids are still held in
+/// memory.
+pub trait Lookup {
+    /// The earliest arrival of `id` on partition `part` counted at offset `through` or
+    /// before, stamped at or after `since` (UTC seconds).
+    fn first_counted(
+        &mut self,
+        part: i32,
+        id: u128,
+        since: i64,
+        through: i64,
+    ) -> std::result::Result<Option<CountedArrival>, LookupFailed>;
+}
+
+/// An exact look-up could not be answered: the record cannot be decided, and the loader
+/// stops before it (nothing after it is checkpointed).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("deciding whether purchase {id} was counted before: {message}")]
+pub struct LookupFailed {
+    pub id: uuid::Uuid,
+    pub message: String,
+}
+
+/// No look-ups: a partition whose filter answers everything (tests and benches count the
+/// look-ups asked for instead).
+#[derive(Debug, Default)]
+pub struct NoLookups {
+    /// Look-ups asked for.
+    pub asked: u64,
+}
+
+impl Lookup for NoLookups {
+    fn first_counted(
+        &mut self,
+        _part: i32,
+        _id: u128,
+        _since: i64,
+        _through: i64,
+    ) -> std::result::Result<Option<CountedArrival>, LookupFailed> {
+        self.asked += 1;
+        Ok(None)
+    }
 }
 
 /// A record flagged on its way, one row each in `stream_flagged`: a purchase counted late (a
@@ -176,6 +246,9 @@ pub struct Restored {
     pub windows: Vec<WindowState>,
     pub counted: Vec<CountedPurchase>,
     pub rejects: Vec<RejectState>,
+    /// Ids counted (in windows or late) at event times from [`Settings::ids_since`] of the
+    /// watermark: (id, event time).
+    pub ids: Vec<(u128, i64)>,
 }
 
 /// One partition's state.
@@ -201,8 +274,18 @@ pub struct PartitionState {
     rejects: HashMap<(i64, &'static str), Counter, foldhash::fast::RandomState>,
     dirty_rejects: Vec<(i64, &'static str)>,
     flying_rejects: Vec<(i64, &'static str)>,
-    /// Ids counted, oldest first, forgotten once their time is past the lateness.
+    /// Ids counted, oldest first, forgotten once their time is past the lateness and their
+    /// rows are acknowledged.
     seen: SeenIds,
+    /// Ids counted within the dedup horizon (and a day more), by event day.
+    horizon: Horizon,
+    /// Next offset of the last acknowledged checkpoint: the rows of every record before it
+    /// are in ClickHouse.
+    acked: i64,
+    /// Next offset the flush in flight checkpoints.
+    flying_next: Option<i64>,
+    /// Exact look-ups asked for (a filter "maybe", or a purchase older than the filter).
+    lookups: u64,
     /// Keys recorded for counted purchases at or after the restored checkpoint: a record read
     /// again counts under the keys it counted under before, whatever the cache says now.
     replay_keys: HashMap<i64, Keys>,
@@ -251,6 +334,12 @@ impl PartitionState {
         for c in counted {
             s.restore_counted(c, dims);
         }
+        if restored.next_offset > 0 {
+            s.restore_ids_from(s.settings.ids_since(restored.watermark));
+        }
+        for (id, ts) in restored.ids {
+            s.restore_id(id, ts);
+        }
         s.restored();
         s
     }
@@ -281,6 +370,10 @@ impl PartitionState {
             dirty_rejects: Vec::new(),
             flying_rejects: Vec::new(),
             seen: SeenIds::default(),
+            horizon: Horizon::default(),
+            acked: next_offset,
+            flying_next: None,
+            lookups: 0,
             replay_keys: HashMap::new(),
             purchases: RowBinary::new(),
             flagged: Vec::new(),
@@ -352,6 +445,16 @@ impl PartitionState {
         }
     }
 
+    /// The ids restored next ([`Self::restore_id`]) are every id counted at or after `since`.
+    pub fn restore_ids_from(&mut self, since: i64) {
+        self.horizon = Horizon::complete_from(since);
+    }
+
+    /// Restores one id counted (in windows or late) at event time `ts` into the filter.
+    pub fn restore_id(&mut self, id: u128, ts: i64) {
+        self.horizon.insert(id, ts);
+    }
+
     /// Everything restored: forgets what no later record can change.
     pub fn restored(&mut self) {
         self.evict();
@@ -365,6 +468,36 @@ impl PartitionState {
     /// Windows and ids held in memory.
     pub fn sizes(&self) -> (usize, usize) {
         (self.windows.len(), self.seen.len())
+    }
+
+    /// Ids in the dedup filter, and its bytes.
+    pub fn filter_size(&self) -> (usize, usize) {
+        self.horizon.size()
+    }
+
+    /// Exact look-ups asked for so far.
+    pub fn lookups(&self) -> u64 {
+        self.lookups
+    }
+
+    /// The content hash of an arrival of `id` counted at or after `since` before `offset`,
+    /// if any: from the filter when it is certain, else from an exact look-up.
+    fn counted_since(
+        &mut self,
+        id: u128,
+        since: i64,
+        offset: i64,
+        lookup: &mut dyn Lookup,
+    ) -> std::result::Result<Option<u64>, LookupFailed> {
+        if self.horizon.covers(since) && !self.horizon.maybe(id, since) {
+            return Ok(None);
+        }
+        self.lookups += 1;
+        // The record's own row (counted before a restart) is not an earlier arrival.
+        Ok(lookup
+            .first_counted(self.part, id, since, offset)?
+            .filter(|c| c.offset != offset)
+            .map(|c| c.content_hash))
     }
 
     fn reject(&mut self, offset: i64, reason: &'static str) -> Outcome {
@@ -383,16 +516,18 @@ impl PartitionState {
     }
 
     /// Processes the record at `offset` with Kafka timestamp `kafka_ms` (milliseconds; the
-    /// validator's clock, so a replay judges the record the same).
+    /// validator's clock, so a replay judges the record the same). A purchase id the filter
+    /// may have counted within the dedup horizon is settled by `lookup`.
     pub fn process(
         &mut self,
         offset: i64,
         kafka_ms: Option<i64>,
         payload: &[u8],
         dims: &Dims,
-    ) -> Outcome {
+        lookup: &mut dyn Lookup,
+    ) -> std::result::Result<Outcome, LookupFailed> {
         if offset < self.next {
-            return Outcome::Skipped;
+            return Ok(Outcome::Skipped);
         }
         self.next = offset + 1;
         let kafka_s = kafka_ms.map(|ms| ms.div_euclid(1000));
@@ -404,7 +539,9 @@ impl PartitionState {
             .unwrap_or_else(Utc::now);
         let p = match parse_purchase(payload, now) {
             Ok(p) => p,
-            Err(rejection) => return self.reject(offset, reason_name(rejection.reason.as_str())),
+            Err(rejection) => {
+                return Ok(self.reject(offset, reason_name(rejection.reason.as_str())))
+            }
         };
         let id = p.purchase_id.as_u128();
         let hash = content_hash(&p);
@@ -413,27 +550,31 @@ impl PartitionState {
         // it is stamped further ahead of its Kafka time than the allowed skew (a till with a
         // fast clock must not close every window of the partition).
         let reach = kafka_s.map_or(ts, |k| ts.min(k + self.settings.max_clock_skew));
-        // An id counted longer ago than the lateness is forgotten, whether or not it is still
-        // in memory: what a record decides never depends on when memory was last swept.
-        let horizon = self.watermark - self.settings.lateness;
+        // A re-send: an arrival of the id counted before, stamped no more than the dedup
+        // horizon before this one (an identical re-send, whatever its age, always is). The
+        // ids counted recently are held exactly; older ones are in the filter, and a "maybe"
+        // (or a purchase older than the filter) is settled by an exact look-up. What a
+        // record decides never depends on when memory was last swept.
+        let since = ts.saturating_sub(self.settings.dedup_horizon);
         let probe = self.seen.probe(id);
-        let seen = self
-            .seen
-            .seen(&probe)
-            .filter(|s| s.offset == offset || s.ts >= horizon);
-        let replayed = match seen {
-            Some(s) if s.offset != offset => {
-                let reason = if s.hash == hash {
+        let held = self.seen.seen(&probe).copied();
+        let replayed = held.is_some_and(|s| s.offset == offset);
+        if !replayed {
+            let earlier = match held {
+                Some(s) if s.ts >= since => Some(s.hash),
+                _ => self.counted_since(id, since, offset, lookup)?,
+            };
+            if let Some(first) = earlier {
+                let reason = if first == hash {
                     DUPLICATE
                 } else {
                     CONFLICTING_DUPLICATE
                 };
                 self.clock = self.clock.max(reach);
-                return self.reject(offset, reason);
+                return Ok(self.reject(offset, reason));
             }
-            Some(_) => true,
-            None => false,
-        };
+        }
+        let horizon = self.watermark - self.settings.lateness;
         let amount = i128::from(p.quantity) * cents(p.price);
         let flag = |flag, keys| Flagged {
             flag,
@@ -453,7 +594,9 @@ impl PartitionState {
             // replay writes the same row.
             let keys = dims.keys(&p);
             self.flagged.push(flag(TOO_LATE, keys));
-            return Outcome::Late;
+            self.seen.insert_probed(probe, Seen { offset, hash, ts });
+            self.horizon.insert(id, ts);
+            return Ok(Outcome::Late);
         }
         self.watermark = self.watermark.max(reach);
         self.clock = self.clock.max(reach);
@@ -493,6 +636,7 @@ impl PartitionState {
         }
         if !replayed {
             self.seen.insert_probed(probe, Seen { offset, hash, ts });
+            self.horizon.insert(id, ts);
             let [minute, hour, day] = spans;
             self.purchases
                 .uuid_text(id)
@@ -512,7 +656,7 @@ impl PartitionState {
             self.purchases.end_row();
         }
         self.counted_times.push(p.timestamp.timestamp_millis());
-        outcome
+        Ok(outcome)
     }
 
     /// Whether anything awaits a flush.
@@ -622,6 +766,7 @@ impl PartitionState {
     /// until a record changes them again, and held as in flight until the flush ends. Returns
     /// the event times (ms) of the purchases counted since the previous flush.
     pub fn begin_flush(&mut self) -> Vec<i64> {
+        self.flying_next = Some(self.next);
         for i in std::mem::take(&mut self.dirty_windows) {
             self.windows.mark_clean(i);
             self.flying_windows.push(i);
@@ -637,6 +782,9 @@ impl PartitionState {
 
     /// ClickHouse acknowledged the flush in flight.
     pub fn flush_succeeded(&mut self) {
+        if let Some(next) = self.flying_next.take() {
+            self.acked = self.acked.max(next);
+        }
         self.flying_windows.clear();
         self.flying_rejects.clear();
     }
@@ -644,6 +792,7 @@ impl PartitionState {
     /// The flush in flight failed: its windows and counters are changed again, so the next
     /// flush writes their current (full) state.
     pub fn flush_failed(&mut self) {
+        self.flying_next = None;
         for i in std::mem::take(&mut self.flying_windows) {
             if self.windows.mark_dirty(i) {
                 self.dirty_windows.push(i);
@@ -660,8 +809,10 @@ impl PartitionState {
     }
 
     /// Forgets what no later record can change: windows closed on the watermark, reject
-    /// counters of minutes before the clock's, ids older than the lateness. Never while a
-    /// flush is in flight (a failed flush writes its windows again).
+    /// counters of minutes before the clock's, ids older than the lateness whose rows are
+    /// acknowledged (from memory; the filter keeps them for the horizon), filter days older
+    /// than the horizon. Never while a flush is in flight (a failed flush writes its windows
+    /// again).
     pub fn evict(&mut self) {
         if !self.flying_windows.is_empty() || !self.flying_rejects.is_empty() {
             return;
@@ -673,7 +824,8 @@ impl PartitionState {
         self.total = None;
         let minute = self.clock.div_euclid(60) * 60;
         self.rejects.retain(|k, c| c.dirty || k.0 >= minute);
-        self.seen.forget_before(wm - lateness);
+        self.seen.forget_before(wm - lateness, self.acked);
+        self.horizon.forget_before(self.settings.ids_since(wm));
         if !self.replay_keys.is_empty() {
             let next = self.next;
             self.replay_keys.retain(|o, _| *o >= next);

@@ -33,6 +33,8 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const LATENESS_S: i64 = 300;
 /// `[stream] max_clock_skew` of the tests' pipeline, in seconds.
 const SKEW_S: i64 = 60;
+/// `[stream] dedup_horizon` of the tests' pipeline (the default), in seconds.
+const HORIZON_S: i64 = 7 * 86_400;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -330,26 +332,22 @@ struct Recount {
     /// Valid purchases older than their partition's watermark by more than the lateness:
     /// counted as corrections (`too_late` rows).
     late: u64,
-    /// Of the late ones: re-sends of an id counted before, or a second late arrival of one,
-    /// which the views do not add again.
-    late_resends: u64,
     /// Purchases counted in their windows though stamped further ahead of their Kafka time
     /// than the clock skew (`future` rows).
     future: u64,
 }
 
 /// Recounts `records` (sorted by partition and offset) as the loader decides them: each
-/// validated at its Kafka time; a valid purchase id counted before, no longer ago than the
-/// lateness (measured on the watermark), is a duplicate or, with other content, a
-/// conflicting duplicate; else a purchase stamped more than the lateness before the
+/// validated at its Kafka time; a valid purchase id counted before (on time or late),
+/// stamped no more than the dedup horizon before this arrival, is a duplicate or, with other
+/// content, a conflicting duplicate; else a purchase stamped more than the lateness before the
 /// partition's watermark (the newest event time counted, each at most its Kafka time plus
 /// the clock skew) is counted late, and one stamped further ahead of its Kafka time than the
 /// skew is counted and flagged as such.
 fn recount(records: &[Timed]) -> Recount {
     let mut out = Recount::default();
-    // Ids counted on time: content and stamp (UTC seconds).
+    // Ids counted (on time or late): content and stamp (UTC seconds).
     let mut counted: HashMap<uuid::Uuid, (String, i64)> = HashMap::new();
-    let mut late_ids: HashSet<uuid::Uuid> = HashSet::new();
     let mut watermarks: HashMap<i32, i64> = HashMap::new();
     for r in records {
         let now = r
@@ -372,7 +370,10 @@ fn recount(records: &[Timed]) -> Recount {
         let watermark = watermarks.entry(r.partition).or_insert(0);
         let horizon = *watermark - LATENESS_S;
         let json = p.to_json();
-        if let Some(first) = counted.get(&p.purchase_id).filter(|c| c.1 >= horizon) {
+        if let Some(first) = counted
+            .get(&p.purchase_id)
+            .filter(|c| c.1 >= ts - HORIZON_S)
+        {
             let reason = if first.0 == json {
                 "duplicate"
             } else {
@@ -383,7 +384,7 @@ fn recount(records: &[Timed]) -> Recount {
         }
         if ts < horizon {
             out.late += 1;
-            late_ids.insert(p.purchase_id);
+            counted.insert(p.purchase_id, (json, ts));
             continue;
         }
         *watermark = (*watermark).max(reach);
@@ -392,12 +393,6 @@ fn recount(records: &[Timed]) -> Recount {
         }
         counted.insert(p.purchase_id, (json, ts));
     }
-    // The views add one late row per id never counted on time.
-    let late_added = late_ids
-        .iter()
-        .filter(|id| !counted.contains_key(*id))
-        .count() as u64;
-    out.late_resends = out.late - late_added;
     out
 }
 
@@ -554,13 +549,9 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
     let Recount {
         rejects: want,
         late,
-        late_resends,
         future,
     } = recount(&records);
-    eprintln!(
-        "purchases counted late: {late} ({late_resends} re-sends of ids counted already), \
-         stamped ahead: {future}"
-    );
+    eprintln!("purchases counted late: {late}, stamped ahead: {future}");
     // The generator stamps 1% of its purchases late and 0.1% ahead (at least 20 of each
     // expected from 20000 purchases on; a low LAKESHOP_CHAOS_RATE may make none): both kinds
     // reached the loader, and it flagged exactly the records the recount says (each offset
@@ -580,17 +571,17 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
         .into_iter()
         .map(|r| Ok((r[0].clone(), r[1].parse()?)))
         .collect::<Result<_>>()?;
-    // Late re-sends of an id counted before are named duplicates by the view, not added.
+    // Late re-sends of an id counted before are rejected by the loader, never flagged.
     assert_eq!(
         flags.get("too_late").copied().unwrap_or(0),
-        late - late_resends,
+        late,
         "purchases counted late: {flags:?}"
     );
     assert_eq!(
         flags.get("duplicate").copied().unwrap_or(0)
             + flags.get("conflicting_duplicate").copied().unwrap_or(0),
-        late_resends,
-        "late re-sends: {flags:?}"
+        0,
+        "late re-sends flagged: {flags:?}"
     );
     assert_eq!(
         flags.get("future").copied().unwrap_or(0),
@@ -599,7 +590,7 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
     );
     // The generator's truth explains all but the copies: each reason holds at least what
     // the truth says, and the copies make up the rest. A re-send of a purchase stamped late
-    // is late itself: counted (a correction the views do not add again), not a duplicate.
+    // is a duplicate like any other.
     let mut truth_rejects: BTreeMap<String, u64> = counts["bad_by_reason"]
         .as_object()
         .context("bad_by_reason")?
@@ -611,21 +602,16 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
         truth_rejects.insert("duplicate".into(), truth_duplicates);
     }
     for (reason, n) in &truth_rejects {
-        let late_copies = if reason == "duplicate" {
-            late_resends
-        } else {
-            0
-        };
         assert!(
-            want.get(reason).copied().unwrap_or(0) + late_copies >= *n,
+            want.get(reason).copied().unwrap_or(0) >= *n,
             "{reason}: the topic holds fewer than the truth's {n}"
         );
     }
     assert_eq!(
-        want.values().sum::<u64>() + late_resends,
+        want.values().sum::<u64>(),
         truth_rejects.values().sum::<u64>() + copies,
-        "the topic's rejects and late re-sends are the truth's rejects plus the producer's \
-         copies: {want:?} + {late_resends} vs {truth_rejects:?}"
+        "the topic's rejects are the truth's rejects plus the producer's copies: \
+         {want:?} vs {truth_rejects:?}"
     );
     // Lateness no longer rejects anything.
     assert_eq!(rejects, want, "rejected records by reason");
@@ -634,12 +620,12 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
         "too_late rejects: {rejects:?}"
     );
     // Every distinct purchase is in the windows once (counted on time, or late and added by
-    // the views); the rest of the topic is rejects and late re-sends of those purchases.
+    // the views); the rest of the topic is rejects.
     let counted: u64 = day_total.values().map(|v| v.1).sum();
     assert_eq!(
-        counted + rejects.values().sum::<u64>() + late_resends,
+        counted + rejects.values().sum::<u64>(),
         in_topic,
-        "read = counted + rejected + late re-sends"
+        "read = counted + rejected"
     );
     Ok(())
 }

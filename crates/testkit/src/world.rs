@@ -207,16 +207,24 @@ impl World {
 
     /// `stream run --until-end` (2 s idle, no metrics server); its summary.
     pub fn stream_until_end(&self) -> Result<Value> {
-        self.json(&[
-            "stream",
-            "run",
-            "--no-metrics",
-            "--until-end",
-            "--idle",
-            "2s",
-        ])
+        self.json(&STREAM_UNTIL_END)
+    }
+
+    /// [`Self::stream_until_end`] that may fail: (succeeded, stdout, stderr).
+    pub fn try_stream_until_end(&self) -> Result<(bool, String, String)> {
+        self.try_run(&STREAM_UNTIL_END)
     }
 }
+
+/// `stream run` until every partition is read and nothing arrived for 2 s, no metrics server.
+const STREAM_UNTIL_END: [&str; 6] = [
+    "stream",
+    "run",
+    "--no-metrics",
+    "--until-end",
+    "--idle",
+    "2s",
+];
 
 /// The seller of a stream test's catalogue ([`World::for_stream`]).
 pub const STREAM_SELLER: &str = "9b2e4c11-8a6f-4b0e-8d7a-2c3f5e6a7b02";

@@ -2,7 +2,7 @@
 //! fixed-size entries (40 bytes, in fixed chunks) with a hash index of their sequence numbers
 //! and 32 bits of their hash (8 bytes per bucket: growing the index never reads an entry
 //! again). The oldest entries leave from the front once their event time is past the
-//! horizon, so the ring is also the eviction order.
+//! lateness and their rows are acknowledged, so the ring is also the eviction order.
 
 use std::hash::BuildHasher as _;
 
@@ -127,11 +127,12 @@ impl SeenIds {
             .insert_unique(hash, (seq, fragment), |&(_, f)| spread(f));
     }
 
-    /// Forgets the oldest ids whose event time is before `horizon`, stopping at the first
-    /// that is not (ids arrive nearly in time order; a late one waits for its elders).
-    pub fn forget_before(&mut self, horizon: i64) {
+    /// Forgets the oldest ids whose event time is before `horizon` and whose offset is
+    /// before `acked` (their rows are stored), stopping at the first that is not (ids arrive
+    /// nearly in time order; one counted late waits for its elders).
+    pub fn forget_before(&mut self, horizon: i64, acked: i64) {
         while let Some(front) = self.entries.front() {
-            if front.seen.ts >= horizon {
+            if front.seen.ts >= horizon || front.seen.offset >= acked {
                 break;
             }
             let id = front.id;
@@ -160,6 +161,21 @@ mod tests {
     }
 
     #[test]
+    fn ids_whose_rows_are_not_acknowledged_stay() {
+        let mut ids = SeenIds::default();
+        for i in 0..100u128 {
+            ids.insert(i + 1, seen(i as i64, 100 + i as i64));
+        }
+        // Old enough, but only offsets before 30 are acknowledged.
+        ids.forget_before(1000, 30);
+        assert_eq!(ids.len(), 70);
+        assert!(ids.get(30).is_none(), "offset 29 left");
+        assert!(ids.get(31).is_some(), "offset 30 stays");
+        ids.forget_before(1000, 100);
+        assert_eq!(ids.len(), 0);
+    }
+
+    #[test]
     fn ids_leave_oldest_first_and_a_recount_outlives_its_first_count() {
         let mut ids = SeenIds::default();
         for i in 0..1000u128 {
@@ -168,7 +184,7 @@ mod tests {
         // Id 5 counted again later (its first count expired): the newer entry stays.
         ids.insert(5 << 64 | 5, seen(2000, 5000));
         assert_eq!(ids.len(), 1000);
-        ids.forget_before(600);
+        ids.forget_before(600, i64::MAX);
         assert_eq!(ids.len(), 501, "ids 500..1000 and the recounted 5");
         assert!(ids.get(499 << 64 | 499).is_none());
         assert_eq!(ids.get(500 << 64 | 500).map(|s| s.offset), Some(500));
@@ -176,9 +192,9 @@ mod tests {
             ids.get(5 << 64 | 5).map(|s| (s.offset, s.ts)),
             Some((2000, 5000))
         );
-        ids.forget_before(1100);
+        ids.forget_before(1100, i64::MAX);
         assert_eq!(ids.len(), 1);
-        ids.forget_before(5001);
+        ids.forget_before(5001, i64::MAX);
         assert_eq!(ids.len(), 0);
         assert!(ids.get(5 << 64 | 5).is_none());
         // The ring goes on numbering after it emptied.

@@ -18,6 +18,51 @@ fn settings() -> Settings {
         timezone: chrono_tz::UTC,
         lateness: 300,
         max_clock_skew: 60,
+        dedup_horizon: 7 * 86_400,
+    }
+}
+
+impl PartitionState {
+    /// [`PartitionState::process`] with nothing stored to look up (a partition that never
+    /// flushed holds every id it counted).
+    fn step(&mut self, offset: i64, kafka_ms: Option<i64>, payload: &[u8], dims: &Dims) -> Outcome {
+        self.process(offset, kafka_ms, payload, dims, &mut NoLookups::default())
+            .expect("no look-up fails")
+    }
+}
+
+/// The exact look-up answered from what the store holds.
+struct StoreLookup<'a>(&'a Store);
+
+impl Lookup for StoreLookup<'_> {
+    fn first_counted(
+        &mut self,
+        _part: i32,
+        id: u128,
+        since: i64,
+        through: i64,
+    ) -> std::result::Result<Option<CountedArrival>, LookupFailed> {
+        let text = Uuid::from_u128(id).to_string();
+        let counted = self
+            .0
+            .counted
+            .values()
+            .filter(|c| c.purchase_id == text)
+            .map(|c| (c.offset, c.timestamp, c.content_hash));
+        let late = self
+            .0
+            .flagged
+            .values()
+            .filter(|f| f.flag == TOO_LATE && f.purchase_id == id)
+            .map(|f| (f.offset, f.ts, f.content_hash));
+        Ok(counted
+            .chain(late)
+            .filter(|&(o, ts, _)| ts >= since && o <= through)
+            .min_by_key(|&(o, _, _)| o)
+            .map(|(offset, _, content_hash)| CountedArrival {
+                offset,
+                content_hash,
+            }))
     }
 }
 
@@ -72,6 +117,8 @@ fn world(seed: u64, n: usize) -> World {
     let mut expected_rejects: BTreeMap<String, u64> = BTreeMap::new();
     let mut expected_late = 0;
     let mut counted: Vec<Purchase> = Vec::new();
+    // Every purchase counted, late ones included: what re-sends beyond the lateness repeat.
+    let mut all_counted: Vec<Purchase> = Vec::new();
     let mut now = T0;
     let mut watermark = 0i64;
     let rec = |log: &mut Vec<Rec>, payload: Vec<u8>, now: i64| {
@@ -105,10 +152,26 @@ fn world(seed: u64, n: usize) -> World {
         } else if roll < 0.07 {
             rec(&mut log, b"{not json".to_vec(), now);
             *expected_rejects.entry("malformed_json".into()).or_default() += 1;
+        } else if roll < 0.075 && !all_counted.is_empty() {
+            // An exact re-send of any purchase counted, however old (within the horizon):
+            // late, and a duplicate all the same.
+            let p = all_counted[rng.random_range(0..all_counted.len())].clone();
+            rec(&mut log, p.to_json().into_bytes(), now);
+            *expected_rejects.entry(DUPLICATE.into()).or_default() += 1;
+        } else if roll < 0.08 && !all_counted.is_empty() {
+            // A re-send of any purchase counted with other content and a new stamp (a
+            // till sending it again later): a conflicting duplicate, not a new purchase.
+            let mut p = all_counted[rng.random_range(0..all_counted.len())].clone();
+            p.timestamp = DateTime::<Utc>::from_timestamp(now, 0).expect("time");
+            p.quantity += 1;
+            rec(&mut log, p.to_json().into_bytes(), now);
+            *expected_rejects
+                .entry(CONFLICTING_DUPLICATE.into())
+                .or_default() += 1;
         } else {
             // Mostly in order, sometimes up to 4 minutes late (within the lateness), and now
             // and then far behind the watermark: counted all the same, as a correction.
-            let too_late = roll < 0.08 && watermark > 0;
+            let too_late = roll < 0.09 && watermark > 0;
             let late = if too_late {
                 3600
             } else if rng.random_bool(0.1) {
@@ -149,6 +212,7 @@ fn world(seed: u64, n: usize) -> World {
                     e.2 += u64::from(p.quantity);
                 }
             }
+            all_counted.push(p.clone());
             if too_late {
                 continue;
             }
@@ -228,6 +292,19 @@ impl Store {
                 .filter(|r| r.minute_start >= clock.div_euclid(60) * 60)
                 .cloned()
                 .collect(),
+            ids: {
+                let since = settings().ids_since(watermark);
+                let counted = self.counted.values().map(|c| {
+                    let id = Uuid::parse_str(&c.purchase_id).expect("id").as_u128();
+                    (id, c.timestamp)
+                });
+                let late = self
+                    .flagged
+                    .values()
+                    .filter(|f| f.flag == TOO_LATE)
+                    .map(|f| (f.purchase_id, f.ts));
+                counted.chain(late).filter(|&(_, ts)| ts >= since).collect()
+            },
         }
     }
 
@@ -335,7 +412,15 @@ fn run(w: &World, store: &mut Store, flush_every: usize, crashes: &BTreeMap<usiz
         let mut since_flush = 0;
         for (offset, r) in w.log.iter().enumerate().skip(from) {
             let offset = offset as i64;
-            let out = st.process(offset, Some(r.kafka_ms), &r.payload, &w.dims);
+            let out = st
+                .process(
+                    offset,
+                    Some(r.kafka_ms),
+                    &r.payload,
+                    &w.dims,
+                    &mut StoreLookup(store),
+                )
+                .expect("the store answers");
             if out == Outcome::Counted {
                 let p = lakeshop_model::parse_purchase(&r.payload, Utc::now()).expect("valid");
                 let keys = w.dims.keys(&p);
@@ -439,16 +524,16 @@ fn a_re_send_counts_once_and_other_content_is_a_conflict() {
     };
     let k = Some(T0 * 1000);
     let json = p.to_json().into_bytes();
-    assert_eq!(st.process(0, k, &json, &dims), Outcome::Counted);
-    assert_eq!(st.process(1, k, &json, &dims), Outcome::Rejected(DUPLICATE));
+    assert_eq!(st.step(0, k, &json, &dims), Outcome::Counted);
+    assert_eq!(st.step(1, k, &json, &dims), Outcome::Rejected(DUPLICATE));
     let mut other = p.clone();
     other.price = Decimal::new(1051, 2);
     assert_eq!(
-        st.process(2, k, other.to_json().as_bytes(), &dims),
+        st.step(2, k, other.to_json().as_bytes(), &dims),
         Outcome::Rejected(CONFLICTING_DUPLICATE)
     );
     // Read again after a seek: skipped, not a duplicate.
-    assert_eq!(st.process(1, k, &json, &dims), Outcome::Skipped);
+    assert_eq!(st.step(1, k, &json, &dims), Outcome::Skipped);
     let day: Vec<_> = st
         .dirty_window_states()
         .into_iter()
@@ -481,14 +566,160 @@ fn one(id: u128, ts: i64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Counted arrivals as ClickHouse would hold them (id, offset, event time, content hash),
+/// and the look-ups asked.
+#[derive(Default)]
+struct Rows {
+    rows: Vec<(u128, i64, i64, u64)>,
+    asked: usize,
+}
+
+impl Rows {
+    fn add(&mut self, offset: i64, payload: &[u8]) {
+        let p = lakeshop_model::parse_purchase(payload, Utc::now()).expect("valid");
+        self.rows.push((
+            p.purchase_id.as_u128(),
+            offset,
+            p.timestamp.timestamp(),
+            content_hash(&p),
+        ));
+    }
+}
+
+impl Lookup for Rows {
+    fn first_counted(
+        &mut self,
+        _part: i32,
+        id: u128,
+        since: i64,
+        through: i64,
+    ) -> std::result::Result<Option<CountedArrival>, LookupFailed> {
+        self.asked += 1;
+        Ok(self
+            .rows
+            .iter()
+            .filter(|r| r.0 == id && r.2 >= since && r.1 <= through)
+            .min_by_key(|r| r.1)
+            .map(|r| CountedArrival {
+                offset: r.1,
+                content_hash: r.3,
+            }))
+    }
+}
+
+/// Re-sends are decided as the batch job decides them, within the dedup horizon and not
+/// only within the lateness: an identical one hours later is a duplicate, one with other
+/// content and a new stamp a conflicting duplicate (never counted twice); beyond the
+/// horizon a re-sent id is a new purchase. Ids no longer held exactly are found through
+/// the filter and one look-up each; an absent id costs none.
+#[test]
+fn re_sends_are_decided_within_the_dedup_horizon_not_the_lateness() {
+    let dims = Dims::empty();
+    let settings = Settings {
+        dedup_horizon: 2 * 86_400,
+        ..settings()
+    };
+    let mut st = PartitionState::new(0, settings.clone(), Restored::default(), &dims);
+    let mut rows = Rows::default();
+    let k = |ts: i64| Some(ts * 1000);
+    let with = |id: u128, ts: i64, quantity: u32| {
+        Purchase {
+            purchase_id: Uuid::from_u128(id),
+            client_id: Uuid::from_u128(2),
+            product_id: Uuid::from_u128(3),
+            seller_id: None,
+            quantity,
+            price: Decimal::new(100, 2),
+            timestamp: DateTime::<Utc>::from_timestamp(ts, 0).expect("time"),
+        }
+        .to_json()
+        .into_bytes()
+    };
+    let later = T0 + 3 * 3600;
+    let step = |st: &mut PartitionState, rows: &mut Rows, offset, kafka, payload: &[u8]| {
+        let out = st
+            .process(offset, kafka, payload, &dims, rows)
+            .expect("answered");
+        if matches!(out, Outcome::Counted | Outcome::Late) {
+            rows.add(offset, payload);
+        }
+        st.acknowledged();
+        st.evict();
+        out
+    };
+    assert_eq!(
+        step(&mut st, &mut rows, 0, k(T0), &with(1, T0, 1)),
+        Outcome::Counted
+    );
+    assert_eq!(
+        step(&mut st, &mut rows, 1, k(later), &with(2, later, 1)),
+        Outcome::Counted
+    );
+    assert_eq!(
+        st.sizes().1,
+        1,
+        "id 1 left memory (acknowledged, past the lateness)"
+    );
+    assert_eq!(rows.asked, 0);
+    // Identical, three hours later: late, and a duplicate, not a correction.
+    assert_eq!(
+        step(&mut st, &mut rows, 2, k(later), &with(1, T0, 1)),
+        Outcome::Rejected(DUPLICATE)
+    );
+    assert_eq!(rows.asked, 1, "found through the filter and one look-up");
+    // Other content, stamped now: not a new purchase.
+    assert_eq!(
+        step(&mut st, &mut rows, 3, k(later), &with(1, later, 2)),
+        Outcome::Rejected(CONFLICTING_DUPLICATE)
+    );
+    assert_eq!(rows.asked, 2);
+    // A new id: the filter is certain, no look-up.
+    assert_eq!(
+        step(&mut st, &mut rows, 4, k(later), &with(5, later, 1)),
+        Outcome::Counted
+    );
+    assert_eq!(rows.asked, 2);
+    // Three days on (beyond the 2-day horizon), id 1 again: a new purchase.
+    let days = T0 + 3 * 86_400;
+    assert_eq!(
+        step(&mut st, &mut rows, 5, k(days), &with(1, days, 3)),
+        Outcome::Counted
+    );
+    assert_eq!(
+        step(&mut st, &mut rows, 6, k(days), &with(1, days, 3)),
+        Outcome::Rejected(DUPLICATE)
+    );
+    // A restored partition holds the ids of its filter's span; a purchase older than that
+    // is looked up whatever the filter says, and one absent there counts (late).
+    let restored = Restored {
+        next_offset: 7,
+        watermark: days,
+        clock: days,
+        ids: rows.rows.iter().map(|r| (r.0, r.2)).collect(),
+        ..Restored::default()
+    };
+    let mut st = PartitionState::new(0, settings, restored, &dims);
+    let asked = rows.asked;
+    assert_eq!(
+        step(&mut st, &mut rows, 7, k(days), &with(9, T0 - 86_400, 1)),
+        Outcome::Late
+    );
+    assert_eq!(rows.asked, asked + 1, "older than the filter: looked up");
+    assert_eq!(
+        step(&mut st, &mut rows, 8, k(days), &with(1, T0, 1)),
+        Outcome::Rejected(DUPLICATE),
+        "the first arrival, found by the look-up"
+    );
+}
+
 #[test]
 fn lateness_is_measured_on_the_watermark() {
     let dims = Dims::empty();
     let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
     let k = Some(T0 * 1000);
-    assert_eq!(st.process(0, k, &one(1, T0), &dims), Outcome::Counted);
-    assert_eq!(st.process(1, k, &one(2, T0 - 300), &dims), Outcome::Counted);
-    assert_eq!(st.process(2, k, &one(3, T0 - 301), &dims), Outcome::Late);
+    assert_eq!(st.step(0, k, &one(1, T0), &dims), Outcome::Counted);
+    assert_eq!(st.step(1, k, &one(2, T0 - 300), &dims), Outcome::Counted);
+    assert_eq!(st.step(2, k, &one(3, T0 - 301), &dims), Outcome::Late);
     let late = st.take_flagged_records();
     assert_eq!(
         late.iter().map(|f| (f.flag, f.offset)).collect::<Vec<_>>(),
@@ -498,7 +729,7 @@ fn lateness_is_measured_on_the_watermark() {
     st.acknowledged();
     let later = Some((T0 + 3 * 3600) * 1000);
     assert_eq!(
-        st.process(3, later, &one(4, T0 + 3 * 3600), &dims),
+        st.step(3, later, &one(4, T0 + 3 * 3600), &dims),
         Outcome::Counted
     );
     st.acknowledged();
@@ -517,10 +748,10 @@ fn a_future_stamp_moves_the_watermark_no_further_than_the_clock_skew() {
     let dims = Dims::empty();
     let mut st = PartitionState::new(0, settings(), Restored::default(), &dims);
     let k = Some(T0 * 1000);
-    assert_eq!(st.process(0, k, &one(1, T0), &dims), Outcome::Counted);
+    assert_eq!(st.step(0, k, &one(1, T0), &dims), Outcome::Counted);
     // Exactly the skew ahead: an ordinary purchase.
-    assert_eq!(st.process(1, k, &one(2, T0 + 60), &dims), Outcome::Counted);
-    assert_eq!(st.process(2, k, &one(3, T0 + 3600), &dims), Outcome::Future);
+    assert_eq!(st.step(1, k, &one(2, T0 + 60), &dims), Outcome::Counted);
+    assert_eq!(st.step(2, k, &one(3, T0 + 3600), &dims), Outcome::Future);
     assert_eq!(
         st.watermark,
         T0 + 60,
@@ -528,7 +759,7 @@ fn a_future_stamp_moves_the_watermark_no_further_than_the_clock_skew() {
     );
     assert_eq!(st.clock, T0 + 60, "clock bounded alike");
     // A purchase from four minutes ago is within the lateness of the bounded watermark.
-    assert_eq!(st.process(3, k, &one(4, T0 - 200), &dims), Outcome::Counted);
+    assert_eq!(st.step(3, k, &one(4, T0 - 200), &dims), Outcome::Counted);
     let flagged = st.take_flagged_records();
     assert_eq!(
         flagged
@@ -544,10 +775,7 @@ fn a_future_stamp_moves_the_watermark_no_further_than_the_clock_skew() {
         .iter()
         .any(|w| w.dim == "total" && w.window_start == future_minute && w.purchases == 1));
     // Without a Kafka timestamp nothing bounds it.
-    assert_eq!(
-        st.process(4, None, &one(5, T0 + 600), &dims),
-        Outcome::Counted
-    );
+    assert_eq!(st.step(4, None, &one(5, T0 + 600), &dims), Outcome::Counted);
     assert_eq!(st.watermark, T0 + 600);
 }
 
@@ -569,13 +797,13 @@ fn a_failed_flush_writes_its_windows_again_with_their_current_state() {
         .into_bytes()
     };
     let k = Some(T0 * 1000);
-    assert_eq!(st.process(0, k, &at(1, 3, T0), &dims), Outcome::Counted);
+    assert_eq!(st.step(0, k, &at(1, 3, T0), &dims), Outcome::Counted);
     let sent = st.dirty_window_states().len();
     st.take_purchases(&mut RowBinary::new());
     assert_eq!(st.begin_flush().len(), 1);
     assert!(!st.is_dirty(), "what was sent is clean while in flight");
     // A record read while the flush is in flight changes the shared windows only.
-    assert_eq!(st.process(1, k, &at(2, 3, T0 + 1), &dims), Outcome::Counted);
+    assert_eq!(st.step(1, k, &at(2, 3, T0 + 1), &dims), Outcome::Counted);
     st.take_purchases(&mut RowBinary::new());
     let changed = st.dirty_window_states().len();
     assert!(changed <= sent);
@@ -638,7 +866,15 @@ fn pipelined_flushes_that_fail_or_crash_give_the_same_rows() {
             let mut offset = from;
             loop {
                 if let Some(r) = w.log.get(offset) {
-                    let out = st.process(offset as i64, Some(r.kafka_ms), &r.payload, &w.dims);
+                    let out = st
+                        .process(
+                            offset as i64,
+                            Some(r.kafka_ms),
+                            &r.payload,
+                            &w.dims,
+                            &mut StoreLookup(&store),
+                        )
+                        .expect("the store answers");
                     if out == Outcome::Counted {
                         let p =
                             lakeshop_model::parse_purchase(&r.payload, Utc::now()).expect("valid");
