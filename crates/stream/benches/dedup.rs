@@ -99,7 +99,7 @@ fn pass(per_day: u64, days: u64, horizon_s: i64, dims: &Dims, products: &[Uuid])
         let ts = chrono::DateTime::from_timestamp_millis(ts_ms).unwrap_or_default();
         let _ = write!(
             payload,
-            r#"{{"purchase_id":"{}","client_id":"{}","product_id":"{}","seller_id":null,"quantity":2,"price":"12.50","timestamp":"{}"}}"#,
+            r#"{{"purchase_id":"{}","client_id":"{}","product_id":"{}","quantity":2,"price":12.50,"timestamp":"{}"}}"#,
             Uuid::from_u128(id),
             Uuid::from_u128(3 << 64 | u128::from(client)),
             products[product],
@@ -152,10 +152,13 @@ fn main() -> anyhow::Result<()> {
     let rss_base = peak_rss_mib();
     let horizon = pass(per_day, days, 7 * 86_400, &dims, &products);
     let rss_horizon = peak_rss_mib();
-    anyhow::ensure!(
-        horizon.counted + horizon.rejected == horizon.records,
-        "records missed: {horizon:?}"
-    );
+    // Every record is decided, and all but the re-sends (1%) are counted.
+    for p in [&base, &horizon] {
+        anyhow::ensure!(
+            p.counted + p.rejected == p.records && p.rejected * 50 < p.records,
+            "records missed or rejected: {p:?}"
+        );
+    }
     let per_1m = |p: &Pass| p.cpu_seconds * 1e6 / p.records as f64;
     let new_ids = horizon.counted as f64;
     println!("stream dedup: {per_day} purchases a day, {days} days, 7-day horizon (1% re-sends)");

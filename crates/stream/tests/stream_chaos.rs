@@ -522,15 +522,7 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
     }
     assert_eq!(day_total.len(), expected_days, "days the stream counted");
     // Every message is counted or rejected under its reason.
-    let rejects: BTreeMap<String, u64> = ch
-        .rows(
-            "stream rejects",
-            "SELECT reason, sum(records) FROM stream_rejects_v GROUP BY reason",
-        )
-        .await?
-        .into_iter()
-        .map(|r| Ok((r[0].clone(), r[1].parse()?)))
-        .collect::<Result<_>>()?;
+    let rejects = lakeshop_testkit::world::stream_rejects_by_reason(ch).await?;
     let counts = &truth["counts"];
     let sent = counts["purchase_messages"].as_u64().context("messages")?;
     // The generator's producer retries a batch whose acknowledgement the broker restart cut
@@ -562,15 +554,7 @@ async fn assert_equals_truth(chaos: &Chaos) -> Result<()> {
         "the topic holds {late} late and {future} ahead-stamped purchases of {purchases}, \
          expected some of each"
     );
-    let flags: BTreeMap<String, u64> = ch
-        .rows(
-            "stream flags",
-            "SELECT flag, sum(records) FROM stream_flags_v GROUP BY flag",
-        )
-        .await?
-        .into_iter()
-        .map(|r| Ok((r[0].clone(), r[1].parse()?)))
-        .collect::<Result<_>>()?;
+    let flags = lakeshop_testkit::world::stream_flags_by_flag(ch).await?;
     // Late re-sends of an id counted before are rejected by the loader, never flagged.
     assert_eq!(
         flags.get("too_late").copied().unwrap_or(0),

@@ -37,16 +37,7 @@ fn purchase(id: u128, product: &str, seller: Option<&str>, ts: DateTime<Utc>) ->
 }
 
 async fn sum_by_reason(world: &World) -> Result<BTreeMap<String, u64>> {
-    world
-        .ch
-        .rows(
-            "stream rejects",
-            "SELECT reason, sum(records) FROM stream_rejects_v GROUP BY reason",
-        )
-        .await?
-        .into_iter()
-        .map(|r| Ok((r[0].clone(), r[1].parse()?)))
-        .collect()
+    lakeshop_testkit::world::stream_rejects_by_reason(&world.ch).await
 }
 
 /// (key → (revenue, purchases)) of the day windows of `dim`.

@@ -278,6 +278,37 @@ pub async fn buckets(
         .collect()
 }
 
+/// Records the stream did not count, over every minute and partition, by reason
+/// (`stream_rejects_v`).
+pub async fn stream_rejects_by_reason(ch: &ClickHouse) -> Result<BTreeMap<String, u64>> {
+    counts(
+        ch,
+        "SELECT reason, sum(records) FROM stream_rejects_v GROUP BY reason",
+    )
+    .await
+}
+
+/// Purchases the stream flagged, over every minute and partition, by flag (`stream_flags_v`).
+pub async fn stream_flags_by_flag(ch: &ClickHouse) -> Result<BTreeMap<String, u64>> {
+    counts(
+        ch,
+        "SELECT flag, sum(records) FROM stream_flags_v GROUP BY flag",
+    )
+    .await
+}
+
+/// A query's (name, count) rows as a map.
+async fn counts(ch: &ClickHouse, sql: &str) -> Result<BTreeMap<String, u64>> {
+    ch.rows("counts", sql)
+        .await?
+        .into_iter()
+        .map(|r| match r.as_slice() {
+            [k, n] => Ok((k.clone(), n.parse()?)),
+            _ => anyhow::bail!("row {r:?}"),
+        })
+        .collect()
+}
+
 /// Row count and SHA-256 of a ClickHouse table's rows, sorted (order-free).
 pub async fn ch_digest(ch: &ClickHouse, table: &str) -> Result<(usize, String)> {
     let mut rows = ch.rows("digest", &format!("SELECT * FROM {table}")).await?;
