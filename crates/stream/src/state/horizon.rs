@@ -158,22 +158,20 @@ impl Horizon {
         }
         let hash = Self::hash(id);
         let d = ts.div_euclid(DAY);
-        if !self.days.contains_key(&d) {
-            let newest = self.days.last_key_value().is_none_or(|(&last, _)| d > last);
-            let busiest = self.days.values().map(|d| d.len).max().unwrap_or(0);
-            self.busiest = self.busiest.max(busiest);
-            let expected = if newest { self.busiest } else { 0 };
-            self.days.insert(
-                d,
-                Day {
-                    expected,
-                    ..Day::default()
-                },
-            );
-        }
+        // Nearly every id lands on a day already held: one map look-up for it.
         if let Some(day) = self.days.get_mut(&d) {
             day.insert(hash);
+            return;
         }
+        let newest = self.days.last_key_value().is_none_or(|(&last, _)| d > last);
+        let busiest = self.days.values().map(|d| d.len).max().unwrap_or(0);
+        self.busiest = self.busiest.max(busiest);
+        let mut day = Day {
+            expected: if newest { self.busiest } else { 0 },
+            ..Day::default()
+        };
+        day.insert(hash);
+        self.days.insert(d, day);
     }
 
     /// Whether the filter holds every id counted at or after `since`: when it does not, only
